@@ -1,0 +1,50 @@
+"""System checks for the EVENTSOURCING setting: unknown keys, bad values, bad import strings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, register
+
+from .conf import DEFAULTS, IMPORT_STRINGS, ImportStringError, perform_import
+
+
+@register()
+def eventsourcing_settings_check(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    user = getattr(settings, "EVENTSOURCING", {}) or {}
+    if not isinstance(user, dict):
+        return [Error("EVENTSOURCING must be a dict.", id="eventsourcing_app.E001")]
+    errors = [
+        Error(
+            f"Unknown EVENTSOURCING key {key!r}.",
+            hint=f"Known keys: {', '.join(sorted(DEFAULTS))}.",
+            id="eventsourcing_app.E001",
+        )
+        for key in sorted(set(user) - set(DEFAULTS))
+    ]
+    for key in sorted(IMPORT_STRINGS & set(user)):
+        try:
+            perform_import(user[key], key)
+        except ImportStringError as exc:
+            errors.append(Error(str(exc), id="eventsourcing_app.E002"))
+    errors.extend(_check_values(user))
+    return errors
+
+
+def _check_values(user: dict[str, Any]) -> list[Error]:
+    errors = []
+    batch = user.get("READ_BATCH_SIZE", DEFAULTS["READ_BATCH_SIZE"])
+    if not isinstance(batch, int) or batch < 1:
+        errors.append(Error("EVENTSOURCING['READ_BATCH_SIZE'] must be a positive integer.", id="eventsourcing_app.E003"))
+    snapshot_every = user.get("SNAPSHOT_EVERY", {})
+    if not isinstance(snapshot_every, dict) or not all(
+        isinstance(n, int) and n > 0 for n in snapshot_every.values()
+    ):
+        errors.append(
+            Error(
+                "EVENTSOURCING['SNAPSHOT_EVERY'] must map aggregate categories to positive integers.",
+                id="eventsourcing_app.E003",
+            )
+        )
+    return errors

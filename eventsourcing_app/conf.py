@@ -1,0 +1,90 @@
+"""The app's settings: `settings.EVENTSOURCING` over `DEFAULTS`, read through `es_settings`.
+
+Values are read when code runs, never at import, so `override_settings` and
+pytest-django's `settings` fixture reach them (`setting_changed` reloads).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.utils.module_loading import import_string
+
+DEFAULTS: dict[str, Any] = {
+    # Events per query when the global log is read in batches.
+    "READ_BATCH_SIZE": 500,
+    # Snapshot every N events, per aggregate category ({"Order": 100}); overrides
+    # the aggregate class's `snapshot_every`.
+    "SNAPSHOT_EVERY": {},
+    # Callables `hook(recorded_events)` run inside the append's transaction, after the insert.
+    "APPEND_HOOKS": [],
+    # Object with encrypt(event_type, data, metadata) and decrypt(...) applied to event data.
+    "FIELD_CIPHER": None,
+    # Object with upcast(event_type, schema_version, data) -> (schema_version, data) applied on read.
+    "UPCASTER": None,
+}
+
+# Keys whose values are import strings (or lists of them), resolved on first access.
+IMPORT_STRINGS = frozenset({"APPEND_HOOKS", "FIELD_CIPHER", "UPCASTER"})
+
+
+class ImportStringError(ImportError):
+    """An import string in EVENTSOURCING could not be imported."""
+
+
+def perform_import(value: Any, setting_name: str) -> Any:
+    """Import a dotted path, or each of a list of them; other values pass through."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            imported = import_string(value)
+        except ImportError as exc:
+            raise ImportStringError(
+                f"Could not import {value!r} for EVENTSOURCING setting {setting_name!r}: {exc}."
+            ) from exc
+        return imported() if isinstance(imported, type) else imported
+    if isinstance(value, list | tuple):
+        return [perform_import(item, setting_name) for item in value]
+    return value
+
+
+class EventSourcingSettings:
+    """Attribute access to the EVENTSOURCING settings, with defaults and cached imports."""
+
+    def __init__(self, defaults: dict[str, Any], import_strings: frozenset[str]) -> None:
+        self.defaults = defaults
+        self.import_strings = import_strings
+        self._cached: set[str] = set()
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        return getattr(settings, "EVENTSOURCING", {}) or {}
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr not in self.defaults:
+            raise AttributeError(f"Invalid EVENTSOURCING setting: {attr!r}")
+        value = self.user_settings.get(attr, self.defaults[attr])
+        if attr in self.import_strings:
+            value = perform_import(value, attr)
+        self._cached.add(attr)
+        setattr(self, attr, value)
+        return value
+
+    def reload(self) -> None:
+        for attr in self._cached:
+            delattr(self, attr)
+        self._cached.clear()
+
+
+es_settings = EventSourcingSettings(DEFAULTS, IMPORT_STRINGS)
+
+
+def _reload_es_settings(*, setting: str, **kwargs: Any) -> None:
+    if setting == "EVENTSOURCING":
+        es_settings.reload()
+
+
+setting_changed.connect(_reload_es_settings)

@@ -1,0 +1,86 @@
+"""Every error the app raises. Each carries a stable `code` and a `default_detail`.
+
+Only the HTTP layer maps codes to statuses and only management commands map
+errors to `CommandError`, so the core never mentions either.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EventSourcingError(Exception):
+    """Root of the app's errors."""
+
+    code = "error"
+    default_detail = "An event sourcing error occurred."
+
+    def __init__(self, detail: str | None = None) -> None:
+        self.detail = detail or self.default_detail
+        super().__init__(self.detail)
+
+
+class ConcurrencyError(EventSourcingError):
+    """The stream is not at the version the writer expected."""
+
+    code = "concurrency_conflict"
+    default_detail = "The stream has moved on since it was read."
+
+    def __init__(self, stream_id: str, expected: Any, actual: int) -> None:
+        self.stream_id = stream_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"Stream {stream_id!r}: expected version {expected}, actual version {actual}.")
+
+
+class StreamNotFoundError(EventSourcingError):
+    """A stream (or the aggregate stored in it) has no events."""
+
+    code = "stream_not_found"
+    default_detail = "No such stream."
+
+    def __init__(self, stream_id: str) -> None:
+        self.stream_id = stream_id
+        super().__init__(f"Stream {stream_id!r} does not exist.")
+
+
+class ImmutableEventError(EventSourcingError):
+    """Events are append-only: they are written by the event store and never changed."""
+
+    code = "immutable_event"
+    default_detail = "Events are immutable: append new events through EventStore.append()."
+
+
+class DuplicateEventIdError(EventSourcingError):
+    """Some of the events of an append were already stored, but not as that same append."""
+
+    code = "duplicate_event_id"
+    default_detail = "An event with this event_id is already stored elsewhere."
+
+
+class InvalidStreamIdError(EventSourcingError):
+    """A stream id must be "Category-id" with a non-empty category and id."""
+
+    code = "invalid_stream_id"
+    default_detail = 'A stream id has the form "Category-id".'
+
+
+class UnknownEventTypeError(EventSourcingError):
+    """An event class was asked for by a name no class registered."""
+
+    code = "unknown_event_type"
+    default_detail = "No event class is registered under this name."
+
+
+class AlreadyRegisteredError(EventSourcingError):
+    """A name was registered twice in one registry."""
+
+    code = "already_registered"
+    default_detail = "This name is already registered."
+
+
+class AggregateError(EventSourcingError):
+    """An aggregate was given an event it has no handler for, or was used wrongly."""
+
+    code = "aggregate_error"
+    default_detail = "The aggregate cannot apply this event."

@@ -1,0 +1,1 @@
+"""The example domain: orders, inventory and payments."""
