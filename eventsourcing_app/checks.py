@@ -36,11 +36,11 @@ def _check_values(user: dict[str, Any]) -> list[Error]:
     errors = []
     batch = user.get("READ_BATCH_SIZE", DEFAULTS["READ_BATCH_SIZE"])
     if not isinstance(batch, int) or batch < 1:
-        errors.append(Error("EVENTSOURCING['READ_BATCH_SIZE'] must be a positive integer.", id="eventsourcing_app.E003"))
+        errors.append(
+            Error("EVENTSOURCING['READ_BATCH_SIZE'] must be a positive integer.", id="eventsourcing_app.E003")
+        )
     snapshot_every = user.get("SNAPSHOT_EVERY", {})
-    if not isinstance(snapshot_every, dict) or not all(
-        isinstance(n, int) and n > 0 for n in snapshot_every.values()
-    ):
+    if not isinstance(snapshot_every, dict) or not all(isinstance(n, int) and n > 0 for n in snapshot_every.values()):
         errors.append(
             Error(
                 "EVENTSOURCING['SNAPSHOT_EVERY'] must map aggregate categories to positive integers.",

@@ -84,3 +84,10 @@ class AggregateError(EventSourcingError):
 
     code = "aggregate_error"
     default_detail = "The aggregate cannot apply this event."
+
+
+class CommandRejectedError(EventSourcingError):
+    """A domain rule refused the operation (shipping a cancelled order, reserving too much stock)."""
+
+    code = "command_rejected"
+    default_detail = "A domain rule refused the command."

@@ -35,6 +35,11 @@ from .records import (
 
 STREAM_TABLE = "eventsourcing_stream"
 EVENT_TABLE = "eventsourcing_event"
+INSERT_EVENTS = (
+    f"INSERT INTO {EVENT_TABLE} (event_id, stream_id, category, version, event_type, schema_version,"
+    " data, metadata, recorded_at) VALUES"
+)
+INSERT_EVENT_VALUES = "(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 EVENT_COLUMNS = "position, event_id, stream_id, version, event_type, schema_version, data, metadata, recorded_at"
 
 
@@ -95,7 +100,9 @@ class EventStore:
         except _DuplicateEventIds:
             if (stored := self._already_appended(stream_id, new_events)) is not None:
                 return stored
-            raise DuplicateEventIdError(f"Some event ids of this append to {stream_id!r} are stored elsewhere.") from None
+            raise DuplicateEventIdError(
+                f"Some event ids of this append to {stream_id!r} are stored elsewhere."
+            ) from None
 
     def _append(
         self, stream_id: str, category: str, new_events: list[NewEvent], expected_version: ExpectedVersion
@@ -103,12 +110,13 @@ class EventStore:
         connection = connections[self.using]
         now = timezone.now()
         with connection.cursor() as cursor:
-            version = self._advance_stream(cursor, stream_id, category, len(new_events), expected_version, now)
+            version = self._advance_stream(
+                cursor, stream_id, category=category, count=len(new_events), expected=expected_version, now=now
+            )
             first_version = version - len(new_events) + 1
             rows = [self._event_row(stream_id, category, first_version + i, e, now) for i, e in enumerate(new_events)]
             cursor.execute(
-                f"INSERT INTO {EVENT_TABLE} (event_id, stream_id, category, version, event_type, schema_version,"
-                f" data, metadata, recorded_at) VALUES {', '.join(['(%s, %s, %s, %s, %s, %s, %s, %s, %s)'] * len(rows))}"
+                f"{INSERT_EVENTS} {', '.join([INSERT_EVENT_VALUES] * len(rows))}"
                 " ON CONFLICT (event_id) DO NOTHING RETURNING version, position",
                 [value for row in rows for value in row],
             )
@@ -149,7 +157,7 @@ class EventStore:
         )
 
     def _advance_stream(
-        self, cursor: Any, stream_id: str, category: str, count: int, expected: ExpectedVersion, now: datetime
+        self, cursor: Any, stream_id: str, *, category: str, count: int, expected: ExpectedVersion, now: datetime
     ) -> int:
         """Move the stream's version on by `count` if it is as expected; return the new version.
 
@@ -183,7 +191,9 @@ class EventStore:
                 [count, stamp, stream_id, expected],
             )
         else:
-            raise ValueError(f"expected_version must be ANY, NO_STREAM, STREAM_EXISTS or an int >= 0, not {expected!r}.")
+            raise ValueError(
+                f"expected_version must be ANY, NO_STREAM, STREAM_EXISTS or an int >= 0, not {expected!r}."
+            )
         row = cursor.fetchone()
         if row is None:
             raise ConcurrencyError(stream_id, expected, self._current_version(cursor, stream_id))
@@ -229,9 +239,9 @@ class EventStore:
         committed event exactly once: positions become visible in order.
         """
         clauses, params = ["position > %s"], [after]
-        for column, values in (("event_type", event_types), ("category", categories)):
-            if values is not None:
-                values = list(values)
+        for column, wanted in (("event_type", event_types), ("category", categories)):
+            if wanted is not None:
+                values = list(wanted)
                 if not values:
                     return []
                 clauses.append(f"{column} IN ({', '.join(['%s'] * len(values))})")

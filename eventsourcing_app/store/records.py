@@ -54,9 +54,7 @@ class NewEvent:
     schema_version: int = 1
 
     @classmethod
-    def of(
-        cls, event: DomainEvent, *, event_id: uuid.UUID | None = None, metadata: Metadata | None = None
-    ) -> NewEvent:
+    def of(cls, event: DomainEvent, *, event_id: uuid.UUID | None = None, metadata: Metadata | None = None) -> NewEvent:
         return cls(
             event_type=event.event_type,
             data=event,
