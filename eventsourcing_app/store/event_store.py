@@ -40,6 +40,7 @@ INSERT_EVENTS = (
     " data, metadata, recorded_at) VALUES"
 )
 INSERT_EVENT_VALUES = "(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+INSERT_CHUNK = 1000  # rows per INSERT: 9,000 parameters, under SQLite's 32,766 and PostgreSQL's 65,535
 EVENT_COLUMNS = "position, event_id, stream_id, version, event_type, schema_version, data, metadata, recorded_at"
 
 
@@ -115,12 +116,16 @@ class EventStore:
             )
             first_version = version - len(new_events) + 1
             rows = [self._event_row(stream_id, category, first_version + i, e, now) for i, e in enumerate(new_events)]
-            cursor.execute(
-                f"{INSERT_EVENTS} {', '.join([INSERT_EVENT_VALUES] * len(rows))}"
-                " ON CONFLICT (event_id) DO NOTHING RETURNING version, position",
-                [value for row in rows for value in row],
-            )
-            positions = dict(cursor.fetchall())
+            positions: dict[int, int] = {}
+            # Chunked to stay under the drivers' limits on parameters per statement.
+            for start in range(0, len(rows), INSERT_CHUNK):
+                chunk = rows[start : start + INSERT_CHUNK]
+                cursor.execute(
+                    f"{INSERT_EVENTS} {', '.join([INSERT_EVENT_VALUES] * len(chunk))}"
+                    " ON CONFLICT (event_id) DO NOTHING RETURNING version, position",
+                    [value for row in chunk for value in row],
+                )
+                positions.update(cursor.fetchall())
         if len(positions) != len(new_events):
             raise _DuplicateEventIds
         recorded = [
