@@ -26,11 +26,13 @@ class ConcurrencyError(EventSourcingError):
     code = "concurrency_conflict"
     default_detail = "The stream has moved on since it was read."
 
-    def __init__(self, stream_id: str, expected: Any, actual: int) -> None:
+    def __init__(self, stream_id: str, expected: Any, actual: int | None) -> None:
         self.stream_id = stream_id
         self.expected = expected
+        # None only when a concurrent writer was detected inside an already failed transaction.
         self.actual = actual
-        super().__init__(f"Stream {stream_id!r}: expected version {expected}, actual version {actual}.")
+        actual_text = "unknown (another writer committed first)" if actual is None else actual
+        super().__init__(f"Stream {stream_id!r}: expected version {expected}, actual version {actual_text}.")
 
 
 class StreamNotFoundError(EventSourcingError):

@@ -12,40 +12,25 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import connections, transaction
+from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 
 from ..conf import es_settings
 from ..exceptions import ConcurrencyError, DuplicateEventIdError, InvalidStreamIdError, StreamNotFoundError
+from . import statements
 from .codecs import decode_data, decode_metadata, encode_data, encode_metadata
 from .events import DomainEvent
 from .records import (
     ANY,
     METADATA_KEYS,
-    NO_STREAM,
-    STREAM_EXISTS,
     AppendResult,
     ExpectedVersion,
     Metadata,
     NewEvent,
     RecordedEvent,
     StreamInfo,
-    StreamState,
 )
-
-STREAM_TABLE = "eventsourcing_stream"
-EVENT_TABLE = "eventsourcing_event"
-INSERT_EVENTS = (
-    f"INSERT INTO {EVENT_TABLE} (event_id, stream_id, category, version, event_type, schema_version,"
-    " data, metadata, recorded_at) VALUES"
-)
-INSERT_EVENT_VALUES = "(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-INSERT_CHUNK = 1000  # rows per INSERT: 9,000 parameters, under SQLite's 32,766 and PostgreSQL's 65,535
-EVENT_COLUMNS = "position, event_id, stream_id, version, event_type, schema_version, data, metadata, recorded_at"
-
-
-class _DuplicateEventIds(Exception):
-    """Raised inside the append's atomic block to roll it back when an event_id was already stored."""
+from .statements import EVENT_COLUMNS, EVENT_TABLE, INSERT_CHUNK, STREAM_TABLE
 
 
 def category_of(stream_id: str) -> str:
@@ -85,50 +70,73 @@ class EventStore:
             DuplicateEventIdError: an event id is stored, but not as this same append.
 
         Appending events whose ids are all stored already, in this stream and
-        order, returns the stored result instead of writing them twice.
+        order, returns the stored result instead of writing them twice. Inside a
+        transaction the append joins it; outside one it commits on its own.
         """
         category = category_of(stream_id)
         new_events = [_as_new_event(event, metadata) for event in events]
         if not new_events:
             raise ValueError("append() needs at least one event.")
+        connection = connections[self.using]
+        one_statement = connection.vendor == "postgresql" and len(new_events) <= INSERT_CHUNK
+        hooks = es_settings.APPEND_HOOKS
         try:
-            with transaction.atomic(using=self.using):
-                return self._append(stream_id, category, new_events, expected_version)
-        except ConcurrencyError:
-            if (stored := self._already_appended(stream_id, new_events)) is not None:
-                return stored
-            raise
-        except _DuplicateEventIds:
-            if (stored := self._already_appended(stream_id, new_events)) is not None:
-                return stored
-            raise DuplicateEventIdError(
-                f"Some event ids of this append to {stream_id!r} are stored elsewhere."
-            ) from None
+            if one_statement and not hooks and connection.get_autocommit():
+                # A single statement is a transaction of its own: no BEGIN/COMMIT round trips.
+                recorded = self._write(stream_id, category, new_events, expected_version, one_statement)
+            else:
+                with transaction.atomic(using=self.using, savepoint=not one_statement):
+                    recorded = self._write(stream_id, category, new_events, expected_version, one_statement)
+                    for hook in hooks:
+                        hook(recorded)
+        except IntegrityError:
+            # Another writer stored the same event ids (or versions) between our check and our insert.
+            if connection.needs_rollback or (connection.in_atomic_block and connection.vendor == "postgresql"):
+                raise ConcurrencyError(stream_id, expected_version, None) from None
+            recorded = None
+        if recorded is None:
+            return self._resolve_refused(stream_id, new_events, expected_version)
+        return AppendResult(stream_id=stream_id, version=recorded[-1].version, events=recorded)
 
-    def _append(
-        self, stream_id: str, category: str, new_events: list[NewEvent], expected_version: ExpectedVersion
-    ) -> AppendResult:
+    def _write(
+        self,
+        stream_id: str,
+        category: str,
+        new_events: list[NewEvent],
+        expected_version: ExpectedVersion,
+        one_statement: bool,
+    ) -> list[RecordedEvent] | None:
+        """Write the append; None if the guard refused it (version moved on, or ids already stored)."""
         connection = connections[self.using]
         now = timezone.now()
+        stamp = connection.ops.adapt_datetimefield_value(now)
+        count = len(new_events)
+        encoded = [self._encode(event) for event in new_events]
+        ids = [row[0] for row in encoded]
+        stream_sql, stream_params = statements.advance_stream(
+            stream_id, category=category, count=count, expected=expected_version, stamp=stamp, event_ids=ids
+        )
         with connection.cursor() as cursor:
-            version = self._advance_stream(
-                cursor, stream_id, category=category, count=len(new_events), expected=expected_version, now=now
-            )
-            first_version = version - len(new_events) + 1
-            rows = [self._event_row(stream_id, category, first_version + i, e, now) for i, e in enumerate(new_events)]
-            positions: dict[int, int] = {}
-            # Chunked to stay under the drivers' limits on parameters per statement.
-            for start in range(0, len(rows), INSERT_CHUNK):
-                chunk = rows[start : start + INSERT_CHUNK]
+            if one_statement:
                 cursor.execute(
-                    f"{INSERT_EVENTS} {', '.join([INSERT_EVENT_VALUES] * len(chunk))}"
-                    " ON CONFLICT (event_id) DO NOTHING RETURNING version, position",
-                    [value for row in chunk for value in row],
+                    *statements.append_in_one_statement(
+                        stream_sql, stream_params, (stream_id, category, count, stamp), encoded
+                    )
                 )
-                positions.update(cursor.fetchall())
-        if len(positions) != len(new_events):
-            raise _DuplicateEventIds
-        recorded = [
+                positions = dict(cursor.fetchall())
+                if not positions:
+                    return None
+                first_version = min(positions)
+            else:
+                cursor.execute(stream_sql, stream_params)
+                row = cursor.fetchone()
+                if row is None:
+                    return None
+                first_version = row[0] - count + 1
+                positions = self._insert_rows(
+                    cursor, stream_id, category=category, first_version=first_version, encoded=encoded, stamp=stamp
+                )
+        return [
             RecordedEvent(
                 position=positions[first_version + i],
                 event_id=event.event_id,
@@ -142,83 +150,48 @@ class EventStore:
             )
             for i, event in enumerate(new_events)
         ]
-        for hook in es_settings.APPEND_HOOKS:
-            hook(recorded)
-        return AppendResult(stream_id=stream_id, version=version, events=recorded)
 
-    def _event_row(self, stream_id: str, category: str, version: int, event: NewEvent, now: datetime) -> tuple:
-        connection = connections[self.using]
+    def _insert_rows(
+        self, cursor: Any, stream_id: str, *, category: str, first_version: int, encoded: list[tuple], stamp: Any
+    ) -> dict[int, int]:
+        rows = [
+            (event_id, stream_id, category, first_version + i, event_type, schema_version, data, metadata, stamp)
+            for i, (event_id, event_type, schema_version, data, metadata) in enumerate(encoded)
+        ]
+        positions: dict[int, int] = {}
+        for start in range(0, len(rows), INSERT_CHUNK):
+            cursor.execute(*statements.insert_events(rows[start : start + INSERT_CHUNK]))
+            positions.update(cursor.fetchall())
+        return positions
+
+    def _encode(self, event: NewEvent) -> tuple:
+        """(event_id, event_type, schema_version, data JSON, metadata JSON) as the database takes them."""
+        native_uuid = connections[self.using].features.has_native_uuid_field
         metadata = dict(event.metadata)
         return (
-            event.event_id if connection.features.has_native_uuid_field else event.event_id.hex,
-            stream_id,
-            category,
-            version,
+            event.event_id if native_uuid else event.event_id.hex,
             event.event_type,
             event.schema_version,
             encode_data(event.event_type, event.data, metadata),
             encode_metadata(metadata),
-            connection.ops.adapt_datetimefield_value(now),
         )
 
-    def _advance_stream(
-        self, cursor: Any, stream_id: str, *, category: str, count: int, expected: ExpectedVersion, now: datetime
-    ) -> int:
-        """Move the stream's version on by `count` if it is as expected; return the new version.
+    def _resolve_refused(
+        self, stream_id: str, new_events: list[NewEvent], expected_version: ExpectedVersion
+    ) -> AppendResult:
+        """Tell an idempotent retry (return the stored result) from a conflict or a reused id (raise)."""
+        stored = self._select("event_id IN ({})", [event.event_id for event in new_events], in_params=True)
+        if (result := _same_append(stream_id, new_events, stored)) is not None:
+            return result
+        if stored:
+            raise DuplicateEventIdError(f"Some event ids of this append to {stream_id!r} are already stored.")
+        raise ConcurrencyError(stream_id, expected_version, self._current_version(stream_id))
 
-        The UPDATE/upsert takes the stream row's lock, so concurrent writers to one
-        stream queue here and the losers see the version the winner wrote.
-        """
-        stamp = connections[self.using].ops.adapt_datetimefield_value(now)
-        if expected is ANY:
-            cursor.execute(
-                f"INSERT INTO {STREAM_TABLE} (stream_id, category, version, created_at, updated_at)"
-                f" VALUES (%s, %s, %s, %s, %s) ON CONFLICT (stream_id) DO UPDATE"
-                f" SET version = {STREAM_TABLE}.version + %s, updated_at = %s RETURNING version",
-                [stream_id, category, count, stamp, stamp, count, stamp],
-            )
-        elif expected is NO_STREAM or expected == 0:
-            cursor.execute(
-                f"INSERT INTO {STREAM_TABLE} (stream_id, category, version, created_at, updated_at)"
-                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (stream_id) DO NOTHING RETURNING version",
-                [stream_id, category, count, stamp, stamp],
-            )
-        elif expected is STREAM_EXISTS:
-            cursor.execute(
-                f"UPDATE {STREAM_TABLE} SET version = version + %s, updated_at = %s"
-                " WHERE stream_id = %s RETURNING version",
-                [count, stamp, stream_id],
-            )
-        elif isinstance(expected, int) and not isinstance(expected, bool) and expected > 0:
-            cursor.execute(
-                f"UPDATE {STREAM_TABLE} SET version = version + %s, updated_at = %s"
-                " WHERE stream_id = %s AND version = %s RETURNING version",
-                [count, stamp, stream_id, expected],
-            )
-        else:
-            raise ValueError(
-                f"expected_version must be ANY, NO_STREAM, STREAM_EXISTS or an int >= 0, not {expected!r}."
-            )
-        row = cursor.fetchone()
-        if row is None:
-            raise ConcurrencyError(stream_id, expected, self._current_version(cursor, stream_id))
-        return row[0]
-
-    def _current_version(self, cursor: Any, stream_id: str) -> int:
-        cursor.execute(f"SELECT version FROM {STREAM_TABLE} WHERE stream_id = %s", [stream_id])
-        row = cursor.fetchone()
+    def _current_version(self, stream_id: str) -> int:
+        with connections[self.using].cursor() as cursor:
+            cursor.execute(f"SELECT version FROM {STREAM_TABLE} WHERE stream_id = %s", [stream_id])
+            row = cursor.fetchone()
         return row[0] if row else 0
-
-    def _already_appended(self, stream_id: str, new_events: list[NewEvent]) -> AppendResult | None:
-        """The stored result of an earlier identical append (same ids, stream and order), if any."""
-        ids = [event.event_id for event in new_events]
-        stored = {event.event_id: event for event in self._select("event_id IN ({})", ids, in_params=True)}
-        if len(stored) != len(ids) or any(stored[i].stream_id != stream_id for i in ids):
-            return None
-        recorded = [stored[i] for i in ids]
-        if [e.version for e in recorded] != list(range(recorded[0].version, recorded[0].version + len(ids))):
-            return None
-        return AppendResult(stream_id=stream_id, version=recorded[-1].version, events=recorded)
 
     # ---------------------------------------------------------------- reading
     def read_stream(self, stream_id: str, *, from_version: int = 1, limit: int | None = None) -> list[RecordedEvent]:
@@ -324,6 +297,18 @@ class EventStore:
         return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
+def _same_append(stream_id: str, new_events: list[NewEvent], stored: list[RecordedEvent]) -> AppendResult | None:
+    """The stored result if `stored` is exactly this append (same ids, stream and order), else None."""
+    by_id = {event.event_id: event for event in stored}
+    recorded = [by_id.get(event.event_id) for event in new_events]
+    if any(event is None or event.stream_id != stream_id for event in recorded):
+        return None
+    versions = [event.version for event in recorded]  # type: ignore[union-attr]
+    if versions != list(range(versions[0], versions[0] + len(versions))):
+        return None
+    return AppendResult(stream_id=stream_id, version=versions[-1], events=recorded)  # type: ignore[arg-type]
+
+
 def _as_new_event(event: NewEvent | DomainEvent, metadata: Metadata | None) -> NewEvent:
     if isinstance(event, DomainEvent):
         event = NewEvent.of(event)
@@ -340,4 +325,4 @@ def _as_new_event(event: NewEvent | DomainEvent, metadata: Metadata | None) -> N
     return NewEvent(event.event_type, event.data, event.event_id, merged, event.schema_version)  # type: ignore[arg-type]
 
 
-__all__ = ["EventStore", "StreamState", "category_of"]
+__all__ = ["EventStore", "category_of"]
