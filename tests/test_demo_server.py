@@ -72,6 +72,7 @@ def test_demo_serves_the_admin_on_the_embedded_default(demo_env: dict[str, str])
                 time.sleep(0.3)
         assert status == 200
         assert "Log in" in page
+        assert "eventsourcing_app demo shop" in page
         status, content_type, css = get(f"http://127.0.0.1:{port}/static/admin/css/base.css")
         assert (status, content_type.split(";")[0]) == (200, "text/css")
         assert len(css) > 1000
