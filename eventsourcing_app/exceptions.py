@@ -93,3 +93,63 @@ class CommandRejectedError(EventSourcingError):
 
     code = "command_rejected"
     default_detail = "A domain rule refused the command."
+
+
+class CommandValidationError(EventSourcingError):
+    """A command's data failed validation. `errors` maps each field to its messages."""
+
+    code = "invalid"
+    default_detail = "The command is not valid."
+
+    def __init__(self, errors: dict[str, Any], detail: str | None = None) -> None:
+        self.errors = errors
+        super().__init__(detail)
+
+
+class UnknownCommandError(EventSourcingError):
+    """No command type is registered under this name."""
+
+    code = "unknown_command"
+    default_detail = "No such command type."
+
+
+class CommandPermissionError(EventSourcingError):
+    """The user may not dispatch this command type (or act for this tenant)."""
+
+    code = "permission_denied"
+    default_detail = "You do not have permission to dispatch this command."
+
+
+class TenantRequiredError(EventSourcingError):
+    """Tenants are required, and none could be resolved for the command."""
+
+    code = "tenant_required"
+    default_detail = "This command needs a tenant."
+
+
+class IdempotencyConflictError(EventSourcingError):
+    """An idempotency key was reused with a different command or body."""
+
+    code = "idempotency_key_reused"
+    default_detail = "This Idempotency-Key was already used with a different request."
+
+
+class IdempotencyInProgressError(EventSourcingError):
+    """A request with the same idempotency key is still being handled."""
+
+    code = "idempotency_in_progress"
+    default_detail = "A request with this Idempotency-Key is still in progress; retry later."
+
+
+class CommandTimeoutError(EventSourcingError):
+    """The command ran past its time limit and was rolled back."""
+
+    code = "command_timeout"
+    default_detail = "The command took too long and was rolled back."
+
+
+class CommandFailedError(EventSourcingError):
+    """An unexpected error in a handler: logged with its traceback, reported without details."""
+
+    code = "command_failed"
+    default_detail = "The command failed because of an internal error."

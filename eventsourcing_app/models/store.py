@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 from django.db import models
+from django.db.models.fields.json import KeyTextTransform
 from django.utils.translation import gettext_lazy as _
 
 from ..exceptions import ImmutableEventError
@@ -26,6 +27,14 @@ class Stream(models.Model):
         _("category"), max_length=100, db_index=True, help_text=_("The part of the stream id before the first dash.")
     )
     version = models.PositiveIntegerField(_("version"), help_text=_("Version of the stream's last event."))
+    tenant_id = models.CharField(
+        _("tenant id"),
+        max_length=100,
+        blank=True,
+        default="",
+        db_index=True,
+        help_text=_("Tenant of the first append; tenants only see their own streams."),
+    )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True, db_index=True)
 
@@ -72,6 +81,9 @@ class Event(models.Model):
     metadata = models.JSONField(
         _("metadata"), default=dict, help_text=_("correlation_id, causation_id, user_id, tenant_id, custom.")
     )
+    tenant_id = models.CharField(
+        _("tenant id"), max_length=100, blank=True, default="", help_text=_("metadata.tenant_id, for filtering.")
+    )
     recorded_at = models.DateTimeField(_("recorded at"), db_index=True)
 
     objects = EventQuerySet.as_manager()
@@ -87,6 +99,8 @@ class Event(models.Model):
         indexes = [
             models.Index(fields=["event_type", "position"], name="es_event_type_pos_idx"),
             models.Index(fields=["category", "position"], name="es_event_category_pos_idx"),
+            models.Index(fields=["tenant_id", "position"], name="es_event_tenant_pos_idx"),
+            models.Index(KeyTextTransform("correlation_id", "metadata"), name="es_event_correlation_idx"),
         ]
 
     def __str__(self) -> str:

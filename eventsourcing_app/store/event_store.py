@@ -114,7 +114,13 @@ class EventStore:
         encoded = [self._encode(event) for event in new_events]
         ids = [row[0] for row in encoded]
         stream_sql, stream_params = statements.advance_stream(
-            stream_id, category=category, count=count, expected=expected_version, stamp=stamp, event_ids=ids
+            stream_id,
+            category=category,
+            tenant_id=new_events[0].metadata.get("tenant_id") or "",
+            count=count,
+            expected=expected_version,
+            stamp=stamp,
+            event_ids=ids,
         )
         with connection.cursor() as cursor:
             if one_statement:
@@ -155,8 +161,8 @@ class EventStore:
         self, cursor: Any, stream_id: str, *, category: str, first_version: int, encoded: list[tuple], stamp: Any
     ) -> dict[int, int]:
         rows = [
-            (event_id, stream_id, category, first_version + i, event_type, schema_version, data, metadata, stamp)
-            for i, (event_id, event_type, schema_version, data, metadata) in enumerate(encoded)
+            (event_id, stream_id, category, first_version + i, event_type, schema_version, data, meta, tenant, stamp)
+            for i, (event_id, event_type, schema_version, data, meta, tenant) in enumerate(encoded)
         ]
         positions: dict[int, int] = {}
         for start in range(0, len(rows), INSERT_CHUNK):
@@ -165,7 +171,7 @@ class EventStore:
         return positions
 
     def _encode(self, event: NewEvent) -> tuple:
-        """(event_id, event_type, schema_version, data JSON, metadata JSON) as the database takes them."""
+        """(event_id, event_type, schema_version, data JSON, metadata JSON, tenant) as the database takes them."""
         native_uuid = connections[self.using].features.has_native_uuid_field
         metadata = dict(event.metadata)
         return (
@@ -174,6 +180,7 @@ class EventStore:
             event.schema_version,
             encode_data(event.event_type, event.data, metadata),
             encode_metadata(metadata),
+            metadata.get("tenant_id") or "",
         )
 
     def _resolve_refused(

@@ -15,13 +15,22 @@ from .records import ANY, NO_STREAM, STREAM_EXISTS, ExpectedVersion
 STREAM_TABLE = "eventsourcing_stream"
 EVENT_TABLE = "eventsourcing_event"
 EVENT_COLUMNS = "position, event_id, stream_id, version, event_type, schema_version, data, metadata, recorded_at"
-INSERTED_COLUMNS = "event_id, stream_id, category, version, event_type, schema_version, data, metadata, recorded_at"
-# Events per INSERT: 9,000 parameters, under SQLite's 32,766 and PostgreSQL's 65,535.
+INSERTED_COLUMNS = (
+    "event_id, stream_id, category, version, event_type, schema_version, data, metadata, tenant_id, recorded_at"
+)
+# Events per INSERT: 10,000 parameters, under SQLite's 32,766 and PostgreSQL's 65,535.
 INSERT_CHUNK = 1000
 
 
 def advance_stream(
-    stream_id: str, *, category: str, count: int, expected: ExpectedVersion, stamp: Any, event_ids: list[Any]
+    stream_id: str,
+    *,
+    category: str,
+    tenant_id: str | None,
+    count: int,
+    expected: ExpectedVersion,
+    stamp: Any,
+    event_ids: list[Any],
 ) -> tuple[str, list[Any]]:
     """SQL that moves the stream's version on by `count` and returns the new version.
 
@@ -31,15 +40,16 @@ def advance_stream(
     """
     not_stored = f"NOT EXISTS (SELECT 1 FROM {EVENT_TABLE} WHERE event_id IN ({', '.join(['%s'] * len(event_ids))}))"
     insert = (
-        f"INSERT INTO {STREAM_TABLE} (stream_id, category, version, created_at, updated_at)"
-        f" SELECT %s, %s, %s, %s, %s WHERE {not_stored} ON CONFLICT (stream_id)"
+        f"INSERT INTO {STREAM_TABLE} (stream_id, category, tenant_id, version, created_at, updated_at)"
+        f" SELECT %s, %s, %s, %s, %s, %s WHERE {not_stored} ON CONFLICT (stream_id)"
     )
     update = f"UPDATE {STREAM_TABLE} SET version = version + %s, updated_at = %s WHERE stream_id = %s"
     if expected is ANY:
         sql = f"{insert} DO UPDATE SET version = {STREAM_TABLE}.version + %s, updated_at = %s RETURNING version"
-        return sql, [stream_id, category, count, stamp, stamp, *event_ids, count, stamp]
+        return sql, [stream_id, category, tenant_id, count, stamp, stamp, *event_ids, count, stamp]
     if expected is NO_STREAM or (_is_version(expected) and expected == 0):
-        return f"{insert} DO NOTHING RETURNING version", [stream_id, category, count, stamp, stamp, *event_ids]
+        params = [stream_id, category, tenant_id, count, stamp, stamp, *event_ids]
+        return f"{insert} DO NOTHING RETURNING version", params
     if expected is STREAM_EXISTS:
         return f"{update} AND {not_stored} RETURNING version", [count, stamp, stream_id, *event_ids]
     if _is_version(expected) and expected > 0:
@@ -50,7 +60,7 @@ def advance_stream(
 
 def insert_events(rows: list[tuple]) -> tuple[str, list[Any]]:
     """A multi-row INSERT of event rows (in INSERTED_COLUMNS order) returning (version, position)."""
-    values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(rows))
+    values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(rows))
     sql = f"INSERT INTO {EVENT_TABLE} ({INSERTED_COLUMNS}) VALUES {values} RETURNING version, position"
     return sql, [value for row in rows for value in row]
 
@@ -61,14 +71,15 @@ def append_in_one_statement(
     """PostgreSQL: the stream update and the event inserts as one statement (one round trip).
 
     `head` is (stream_id, category, count, stamp), shared by every row; `rows` are
-    (event_id, event_type, schema_version, data, metadata). Versions come from
+    (event_id, event_type, schema_version, data, metadata, tenant_id). Versions come from
     the stream's new version; ORDER BY makes positions follow versions.
     """
-    values = ", ".join(["(%s, %s::uuid, %s, %s, %s::jsonb, %s::jsonb)"] * len(rows))
+    values = ", ".join(["(%s, %s::uuid, %s, %s, %s::jsonb, %s::jsonb, %s)"] * len(rows))
     sql = (
         f"WITH s AS ({stream_sql}) INSERT INTO {EVENT_TABLE} ({INSERTED_COLUMNS})"
-        " SELECT v.event_id, %s, %s, s.version - %s + v.i, v.event_type, v.schema_version, v.data, v.metadata, %s"
-        f" FROM s CROSS JOIN (VALUES {values}) AS v(i, event_id, event_type, schema_version, data, metadata)"
+        " SELECT v.event_id, %s, %s, s.version - %s + v.i, v.event_type, v.schema_version, v.data, v.metadata,"
+        " v.tenant_id, %s FROM s CROSS JOIN"
+        f" (VALUES {values}) AS v(i, event_id, event_type, schema_version, data, metadata, tenant_id)"
         " ORDER BY v.i RETURNING version, position"
     )
     params = [*stream_params, *head]
