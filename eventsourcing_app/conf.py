@@ -24,10 +24,40 @@ DEFAULTS: dict[str, Any] = {
     "FIELD_CIPHER": None,
     # Object with upcast(event_type, schema_version, data) -> (schema_version, data) applied on read.
     "UPCASTER": None,
+    # The command bus's middleware, outermost first: import strings, or dicts
+    # {"class": "...", "commands": ["PlaceOrder"], "options": {...}}.
+    "COMMAND_MIDDLEWARE": [
+        "eventsourcing_app.commands.middleware.recovery.RecoveryMiddleware",
+        "eventsourcing_app.commands.middleware.log.LoggingMiddleware",
+        "eventsourcing_app.commands.middleware.metrics.MetricsMiddleware",
+        "eventsourcing_app.commands.middleware.correlation.CorrelationMiddleware",
+        "eventsourcing_app.commands.middleware.tenant.TenantMiddleware",
+        "eventsourcing_app.commands.middleware.validation.ValidationMiddleware",
+        "eventsourcing_app.commands.middleware.retry.RetryMiddleware",
+        "eventsourcing_app.commands.middleware.transaction.TransactionMiddleware",
+        "eventsourcing_app.commands.middleware.timeout.TimeoutMiddleware",
+        "eventsourcing_app.commands.middleware.idempotency.IdempotencyMiddleware",
+    ],
+    # Retries of a command that lost a concurrency race: attempts in all, first backoff (s).
+    "COMMAND_RETRY": {"ATTEMPTS": 3, "BASE_DELAY": 0.01},
+    # Seconds a command may take before it is rolled back (0 or None: no limit).
+    "COMMAND_TIMEOUT": 30,
+    # Seconds an Idempotency-Key's stored result is replayed.
+    "IDEMPOTENCY_TTL": 24 * 3600,
+    # Function user -> tenant id (or None); users with a tenant act and read only within it.
+    "TENANT_RESOLVER": None,
+    # Refuse commands that resolve no tenant.
+    "TENANT_REQUIRED": False,
+    # Request header naming the tenant, for users not bound to one.
+    "TENANT_HEADER": "X-Tenant-ID",
+    # Largest command body accepted over HTTP, in bytes (larger: 413).
+    "MAX_COMMAND_BODY_BYTES": 1024 * 1024,
+    # DRF throttle rate for command requests per user (e.g. "100/second"); None: no throttling.
+    "COMMAND_THROTTLE_RATE": None,
 }
 
 # Keys whose values are import strings (or lists of them), resolved on first access.
-IMPORT_STRINGS = frozenset({"APPEND_HOOKS", "FIELD_CIPHER", "UPCASTER"})
+IMPORT_STRINGS = frozenset({"APPEND_HOOKS", "FIELD_CIPHER", "UPCASTER", "TENANT_RESOLVER"})
 
 
 class ImportStringError(ImportError):

@@ -45,6 +45,9 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "eventsourcing_app",
     "project.shop",
 ]
@@ -111,6 +114,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise looks there first; collectstatic fills it for production.
 # The admin renders under runserver with DEBUG=0 and no collectstatic step.
 WHITENOISE_USE_FINDERS = True
 
@@ -123,7 +127,35 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 
 EVENTSOURCING = {
     "SNAPSHOT_EVERY": {"Order": 50},
+    "COMMAND_THROTTLE_RATE": env.str("COMMAND_THROTTLE_RATE", default="") or None,
 }
+
+REST_FRAMEWORK = {
+    # The example project accepts HTTP Basic and session authentication on every /api/ endpoint.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.BasicAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "EXCEPTION_HANDLER": "eventsourcing_app.api.problems.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "eventsourcing_app demo shop API",
+    "DESCRIPTION": "Commands over HTTP, and the event store's read endpoints.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# The example shop: payments over this total are declined; confirmed/cancelled orders go to this webhook.
+SHOP_PAYMENT_LIMIT = env.str("SHOP_PAYMENT_LIMIT", default="1000.00")
+SHOP_WEBHOOK_URL = env.str("SHOP_WEBHOOK_URL", default="")
+SHOP_WEBHOOK_SECRET = env.str("SHOP_WEBHOOK_SECRET", default="")
 
 LOGGING = {
     "version": 1,

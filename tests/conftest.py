@@ -7,13 +7,16 @@ is short by default and long under `--run-slow`.
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import connection
+from rest_framework.test import APIClient
 
 from eventsourcing_app.store import EventStore
 
@@ -78,3 +81,54 @@ def run_worker(worker_env: dict[str, str]):
         )
 
     return start
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings) -> None:
+    """PBKDF2 costs ~0.4 s per HTTP Basic request here; tests do not need that strength."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+PASSWORD = "test-password-123"
+
+
+def _client_for(user) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Basic " + base64.b64encode(f"{user.username}:{PASSWORD}".encode()).decode())
+    return client
+
+
+@pytest.fixture
+def superuser(db):
+    return get_user_model().objects.create_superuser("root", "root@example.com", PASSWORD)
+
+
+@pytest.fixture
+def staff_user(db):
+    return get_user_model().objects.create_user("staff", "staff@example.com", PASSWORD, is_staff=True)
+
+
+@pytest.fixture
+def plain_user(db):
+    return get_user_model().objects.create_user("plain", "plain@example.com", PASSWORD)
+
+
+@pytest.fixture
+def api_client(superuser) -> APIClient:
+    """An HTTP Basic client of a superuser, who may dispatch every command."""
+    return _client_for(superuser)
+
+
+@pytest.fixture
+def staff_client(staff_user) -> APIClient:
+    return _client_for(staff_user)
+
+
+@pytest.fixture
+def plain_client(plain_user) -> APIClient:
+    return _client_for(plain_user)
+
+
+@pytest.fixture
+def client_for():
+    return _client_for

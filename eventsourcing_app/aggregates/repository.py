@@ -39,6 +39,13 @@ class Repository(Generic[A]):
             aggregate.apply(event.data)
         return aggregate
 
+    def load_or_new(self, aggregate_id: Any) -> A:
+        """The stored aggregate, or a new one (version 0) if it has no events yet."""
+        try:
+            return self.load(aggregate_id)
+        except StreamNotFoundError:
+            return self.aggregate_class(aggregate_id)
+
     def exists(self, aggregate_id: Any) -> bool:
         try:
             self.store.stream_info(self.aggregate_class(aggregate_id).stream_id)

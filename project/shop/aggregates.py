@@ -1,4 +1,4 @@
-"""The shop's aggregates: an Order, and the Inventory of one SKU."""
+"""The shop's aggregates: an Order, the Inventory of one SKU, and an order's Payment."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from .events import (
     OrderLine,
     OrderPlaced,
     OrderShipped,
+    PaymentAuthorised,
+    PaymentDeclined,
     StockAdded,
     StockReleased,
     StockReserved,
@@ -32,14 +34,31 @@ class Order(Aggregate):
         self.items = []
 
     @classmethod
-    def place(cls, order_id: object, customer_id: str, items: list[OrderLine]) -> Order:
+    def place(
+        cls,
+        order_id: object,
+        customer_id: str,
+        items: list[OrderLine],
+        *,
+        email: str | None = None,
+        shipping_address: str | None = None,
+    ) -> Order:
         if not items:
             raise CommandRejectedError("An order needs at least one item.")
         if any(line.quantity <= 0 or line.unit_price < 0 for line in items):
             raise CommandRejectedError("Quantities must be positive and prices not negative.")
         order = cls(order_id)
         total = sum((line.subtotal for line in items), Decimal("0"))
-        order.raise_event(OrderPlaced(order_id=order.id, customer_id=customer_id, items=items, total=total))
+        order.raise_event(
+            OrderPlaced(
+                order_id=order.id,
+                customer_id=customer_id,
+                items=items,
+                total=total,
+                email=email,
+                shipping_address=shipping_address,
+            )
+        )
         return order
 
     def confirm(self) -> None:
@@ -121,3 +140,29 @@ class Inventory(Aggregate):
     def _released(self, event: StockReleased) -> None:
         self.available += event.quantity
         self.reservations.pop(event.order_id, None)
+
+
+class Payment(Aggregate):
+    """The payment of one order (the aggregate id is the order id): authorised or declined, once."""
+
+    status: str = "new"
+    amount: Decimal = Decimal("0")
+
+    def authorise(self, amount: Decimal, limit: Decimal) -> None:
+        """Authorise `amount`, or decline it when over `limit`; a decided payment stays decided."""
+        if self.status != "new":
+            return
+        if amount > limit:
+            self.raise_event(
+                PaymentDeclined(order_id=self.id, amount=amount, reason=f"{amount} is over the limit of {limit}")
+            )
+        else:
+            self.raise_event(PaymentAuthorised(order_id=self.id, amount=amount))
+
+    @applies(PaymentAuthorised)
+    def _authorised(self, event: PaymentAuthorised) -> None:
+        self.status, self.amount = "authorised", event.amount
+
+    @applies(PaymentDeclined)
+    def _declined(self, event: PaymentDeclined) -> None:
+        self.status, self.amount = "declined", event.amount

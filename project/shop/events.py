@@ -25,6 +25,9 @@ class OrderPlaced(DomainEvent):
     customer_id: str
     items: list[OrderLine]
     total: Decimal
+    # Personal data of the customer (the data subject), optional.
+    email: str | None = None
+    shipping_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,3 +64,16 @@ class StockReleased(DomainEvent):
     sku: str
     order_id: str
     quantity: int
+
+
+@dataclass(frozen=True)
+class PaymentAuthorised(DomainEvent):
+    order_id: str
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class PaymentDeclined(DomainEvent):
+    order_id: str
+    amount: Decimal
+    reason: str

@@ -1,0 +1,100 @@
+"""Idempotency-Key: replays, reuse with another body, expiry and cleanup, and concurrent duplicates."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from eventsourcing_app.models import Event, IdempotencyRecord
+from eventsourcing_app.tasks import cleanup_idempotency_records
+
+BODY = {"sku": "SKU-IDEM", "quantity": 3}
+
+
+def add_stock(client, key: str, body: dict | None = None):
+    return client.post(
+        "/api/commands/AddStock/",
+        data=json.dumps(body or BODY),
+        content_type="application/json",
+        HTTP_IDEMPOTENCY_KEY=key,
+    )
+
+
+@pytest.mark.django_db
+class TestReplay:
+    def test_a_replay_returns_the_first_response_and_appends_nothing(self, api_client) -> None:
+        first = add_stock(api_client, "key-1")
+        again = add_stock(api_client, "key-1")
+        assert first.status_code == again.status_code == 200
+        assert again.json() == first.json()
+        assert again["ETag"] == first["ETag"]
+        assert again["Idempotent-Replayed"] == "true"
+        assert Event.objects.filter(stream_id="Inventory-SKU-IDEM").count() == 1
+
+    def test_the_same_key_with_another_body_is_422(self, api_client) -> None:
+        add_stock(api_client, "key-2")
+        response = add_stock(api_client, "key-2", {"sku": "SKU-IDEM", "quantity": 4})
+        assert response.status_code == 422
+        assert response.json()["code"] == "idempotency_key_reused"
+        assert Event.objects.filter(stream_id="Inventory-SKU-IDEM").count() == 1
+
+    def test_keys_are_scoped_per_user(self, api_client, client_for, django_user_model) -> None:
+        other = django_user_model.objects.create_superuser("other", "o@example.com", "test-password-123")
+        first = add_stock(api_client, "shared-key")
+        second = add_stock(client_for(other), "shared-key")
+        assert second.json()["events"] != first.json()["events"]
+        assert Event.objects.filter(stream_id="Inventory-SKU-IDEM").count() == 2
+
+    def test_a_failed_command_stores_no_result(self, api_client) -> None:
+        bad = add_stock(api_client, "key-3", {"sku": "SKU-IDEM", "quantity": 0})
+        assert bad.status_code == 400
+        assert not IdempotencyRecord.objects.filter(key="key-3").exists()
+        assert add_stock(api_client, "key-3").status_code == 200
+
+    def test_an_expired_key_runs_the_command_again(self, api_client) -> None:
+        add_stock(api_client, "key-4")
+        IdempotencyRecord.objects.filter(key="key-4").update(expires_at=timezone.now() - timedelta(seconds=1))
+        add_stock(api_client, "key-4")
+        assert Event.objects.filter(stream_id="Inventory-SKU-IDEM").count() == 2
+
+    def test_cleanup_deletes_only_expired_records(self, api_client) -> None:
+        add_stock(api_client, "old")
+        add_stock(api_client, "new")
+        IdempotencyRecord.objects.filter(key="old").update(expires_at=timezone.now() - timedelta(seconds=1))
+        assert cleanup_idempotency_records() == 1
+        assert list(IdempotencyRecord.objects.values_list("key", flat=True)) == ["new"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_ten_concurrent_identical_requests_append_once(client_for, django_user_model) -> None:
+    user = django_user_model.objects.create_superuser("racer", "r@example.com", "test-password-123")
+    barrier = threading.Barrier(10)
+    responses: list = [None] * 10
+
+    def send(index: int) -> None:
+        client = client_for(user)
+        barrier.wait()
+        try:
+            responses[index] = add_stock(client, "racing-key")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert Event.objects.filter(stream_id="Inventory-SKU-IDEM").count() == 1
+    ok = [r for r in responses if r.status_code == 200]
+    assert ok, [r.status_code for r in responses]
+    first = ok[0].json()
+    for response in responses:
+        assert response.status_code in (200, 409), response.content
+        if response.status_code == 200:
+            assert response.json() == first
