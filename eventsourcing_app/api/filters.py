@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import django_filters
-from django.db.models import QuerySet
-from django.db.models.fields.json import KeyTextTransform
 
 from ..models import Event
 
@@ -13,13 +11,10 @@ class EventFilter(django_filters.FilterSet):
     event_type = django_filters.CharFilter(field_name="event_type")
     stream_id = django_filters.CharFilter(field_name="stream_id")
     category = django_filters.CharFilter(field_name="category")
-    correlation_id = django_filters.CharFilter(method="filter_correlation_id")
+    # metadata->'correlation_id' = '"value"': the form the expression index was built on.
+    correlation_id = django_filters.CharFilter(field_name="metadata__correlation_id")
     after = django_filters.NumberFilter(field_name="position", lookup_expr="gt", min_value=0)
 
     class Meta:
         model = Event
         fields = ["event_type", "stream_id", "category", "correlation_id", "after"]
-
-    def filter_correlation_id(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
-        # metadata->>'correlation_id' = value: the form the expression index was built on.
-        return queryset.alias(correlation=KeyTextTransform("correlation_id", "metadata")).filter(correlation=value)

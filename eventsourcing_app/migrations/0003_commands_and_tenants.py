@@ -92,7 +92,7 @@ class Migration(migrations.Migration):
         migrations.AddIndex(
             model_name="event",
             index=models.Index(
-                django.db.models.fields.json.KeyTextTransform("correlation_id", "metadata"),
+                django.db.models.fields.json.KeyTransform("correlation_id", "metadata"),
                 name="es_event_correlation_idx",
             ),
         ),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 from django.db import models
-from django.db.models.fields.json import KeyTextTransform
+from django.db.models.fields.json import KeyTransform
 from django.utils.translation import gettext_lazy as _
 
 from ..exceptions import ImmutableEventError
@@ -100,7 +100,7 @@ class Event(models.Model):
             models.Index(fields=["event_type", "position"], name="es_event_type_pos_idx"),
             models.Index(fields=["category", "position"], name="es_event_category_pos_idx"),
             models.Index(fields=["tenant_id", "position"], name="es_event_tenant_pos_idx"),
-            models.Index(KeyTextTransform("correlation_id", "metadata"), name="es_event_correlation_idx"),
+            models.Index(KeyTransform("correlation_id", "metadata"), name="es_event_correlation_idx"),
         ]
 
     def __str__(self) -> str:
