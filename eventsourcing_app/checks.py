@@ -6,6 +6,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.checks import Error, register
+from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS, IMPORT_STRINGS, ImportStringError, perform_import
 
@@ -29,6 +30,24 @@ def eventsourcing_settings_check(app_configs: Any = None, **kwargs: Any) -> list
         except ImportStringError as exc:
             errors.append(Error(str(exc), id="eventsourcing_app.E002"))
     errors.extend(_check_values(user))
+    errors.extend(_check_middleware(user.get("COMMAND_MIDDLEWARE", DEFAULTS["COMMAND_MIDDLEWARE"])))
+    return errors
+
+
+def _check_middleware(entries: Any) -> list[Error]:
+    """Each COMMAND_MIDDLEWARE entry is an import string or {"class": ..., "commands": [...], "options": {...}}."""
+    if not isinstance(entries, list | tuple):
+        return [Error("EVENTSOURCING['COMMAND_MIDDLEWARE'] must be a list.", id="eventsourcing_app.E003")]
+    errors = []
+    for entry in entries:
+        path = entry.get("class") if isinstance(entry, dict) else entry
+        if not isinstance(path, str):
+            errors.append(Error(f"Bad COMMAND_MIDDLEWARE entry {entry!r}.", id="eventsourcing_app.E003"))
+            continue
+        try:
+            import_string(path)
+        except ImportError as exc:
+            errors.append(Error(f"Could not import COMMAND_MIDDLEWARE {path!r}: {exc}.", id="eventsourcing_app.E002"))
     return errors
 
 

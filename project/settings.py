@@ -124,6 +124,9 @@ CELERY_TASK_ALWAYS_EAGER = CELERY_BROKER_URL is None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BEAT_SCHEDULE = {
+    "cleanup-idempotency-records": {"task": "eventsourcing_app.cleanup_idempotency_records", "schedule": 3600.0},
+}
 
 EVENTSOURCING = {
     "SNAPSHOT_EVERY": {"Order": 50},

@@ -134,3 +134,11 @@ class TestAccess:
 
 def staff_tenant(user) -> str | None:
     return "acme" if user.username == "staff" else None
+
+
+def test_metrics_are_exposed_to_staff_only(staff_client, plain_client, api_client) -> None:
+    api_client.post("/api/commands/AddStock/", data='{"sku": "S", "quantity": 1}', content_type="application/json")
+    response = staff_client.get("/api/metrics/")
+    assert response.status_code == 200
+    assert b'eventsourcing_commands_total{command_type="AddStock",outcome="ok"}' in response.content
+    assert plain_client.get("/api/metrics/").status_code == 403

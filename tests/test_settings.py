@@ -72,6 +72,9 @@ def test_bad_import_string_names_the_setting(settings) -> None:
         ({"READ_BATCH_SIZE": 0}, "eventsourcing_app.E003"),
         ({"SNAPSHOT_EVERY": {"Order": -5}}, "eventsourcing_app.E003"),
         ("not a dict", "eventsourcing_app.E001"),
+        ({"COMMAND_MIDDLEWARE": ["no.such.Middleware"]}, "eventsourcing_app.E002"),
+        ({"COMMAND_MIDDLEWARE": [{"class": 3}]}, "eventsourcing_app.E003"),
+        ({"COMMAND_MIDDLEWARE": "not a list"}, "eventsourcing_app.E003"),
     ],
 )
 def test_system_checks_report_bad_settings(settings, value: object, error_id: str) -> None:

@@ -16,7 +16,15 @@ from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schem
 from ..commands import command_registry
 from ..commands.registry import Registration
 from .serializers import CommandResultSerializer, ProblemSerializer
-from .views import AnyCommandView, CommandView, EventListView, StreamDetailView, StreamEventListView, StreamListView
+from .views import (
+    AnyCommandView,
+    CommandView,
+    EventListView,
+    MetricsView,
+    StreamDetailView,
+    StreamEventListView,
+    StreamListView,
+)
 
 COMMAND_HEADERS = [
     OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, description="Replays return the first result."),
@@ -65,4 +73,5 @@ urlpatterns = [
     path("streams/", StreamListView.as_view(), name="stream-list"),
     path("streams/<str:stream_id>/", StreamDetailView.as_view(), name="stream-detail"),
     path("streams/<str:stream_id>/events/", StreamEventListView.as_view(), name="stream-events"),
+    path("metrics/", MetricsView.as_view(), name="metrics"),
 ]

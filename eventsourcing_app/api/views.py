@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from rest_framework import generics
 from rest_framework.parsers import JSONParser
 from rest_framework.permissions import IsAuthenticated
@@ -161,3 +163,13 @@ class StreamEventListView(ProblemDetailsMixin, TenantScopedMixin, generics.ListA
     def get_queryset(self) -> Any:
         stream = get_object_or_404(self.scope(Stream.objects.all()), stream_id=self.kwargs["stream_id"])
         return Event.objects.filter(stream=stream)
+
+
+class MetricsView(ProblemDetailsMixin, APIView):
+    """`GET /api/metrics/`: Prometheus metrics (command counts and durations), staff only."""
+
+    permission_classes = [IsStaff]
+
+    @extend_schema(exclude=True)
+    def get(self, request: Request) -> HttpResponse:
+        return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
