@@ -1,0 +1,5 @@
+"""Django admin for the app: imports each module so `admin.autodiscover()` registers its ModelAdmins."""
+
+from __future__ import annotations
+
+from . import store  # noqa: F401  (registers Stream, Event and Snapshot admins)
