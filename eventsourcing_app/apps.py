@@ -31,8 +31,10 @@ class EventsourcingConfig(EventsourcingSimpleConfig):
         from django.utils.module_loading import autodiscover_modules
 
         from .commands import command_registry
+        from .projections import projection_registry
 
         autodiscover_modules("commands", register_to=command_registry)
+        autodiscover_modules("projections", register_to=projection_registry)
 
 
 def create_command_permissions(using: str = "default", **kwargs: Any) -> None:

@@ -18,8 +18,14 @@ DEFAULTS: dict[str, Any] = {
     # Snapshot every N events, per aggregate category ({"Order": 100}); overrides
     # the aggregate class's `snapshot_every`.
     "SNAPSHOT_EVERY": {},
-    # Callables `hook(recorded_events)` run inside the append's transaction, after the insert.
-    "APPEND_HOOKS": [],
+    # Callables `hook(recorded_events)` run inside the append's transaction, after the insert
+    # (inline projections, outbox rows). A hook may have `wants(event_types) -> bool`.
+    "APPEND_HOOKS": ["eventsourcing_app.projections.hooks.apply_inline_projections"],
+    # Callables `hook(recorded_events)` run once the append has committed (nudges, live projections).
+    "COMMIT_HOOKS": [
+        "eventsourcing_app.projections.hooks.notify_live_projections",
+        "eventsourcing_app.projections.hooks.nudge_async_projections",
+    ],
     # Object with encrypt(event_type, data, metadata) and decrypt(...) applied to event data.
     "FIELD_CIPHER": None,
     # Object with upcast(event_type, schema_version, data) -> (schema_version, data) applied on read.
@@ -54,10 +60,18 @@ DEFAULTS: dict[str, Any] = {
     "MAX_COMMAND_BODY_BYTES": 1024 * 1024,
     # DRF throttle rate for command requests per user (e.g. "100/second"); None: no throttling.
     "COMMAND_THROTTLE_RATE": None,
+    # Events an async projection applies per transaction.
+    "PROJECTION_BATCH_SIZE": 500,
+    # Seconds a worker's lease on a projection lasts without renewal (a dead worker's is taken over after it).
+    "PROJECTION_LEASE_SECONDS": 30,
+    # Seconds one Celery task keeps working on a projection before it hands over.
+    "PROJECTION_TASK_SECONDS": 20,
+    # Attempts at a batch that hits a transient database error, with exponential backoff.
+    "PROJECTION_RETRIES": 5,
 }
 
 # Keys whose values are import strings (or lists of them), resolved on first access.
-IMPORT_STRINGS = frozenset({"APPEND_HOOKS", "FIELD_CIPHER", "UPCASTER", "TENANT_RESOLVER"})
+IMPORT_STRINGS = frozenset({"APPEND_HOOKS", "COMMIT_HOOKS", "FIELD_CIPHER", "UPCASTER", "TENANT_RESOLVER"})
 
 
 class ImportStringError(ImportError):

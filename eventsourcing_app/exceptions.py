@@ -153,3 +153,17 @@ class CommandFailedError(EventSourcingError):
 
     code = "command_failed"
     default_detail = "The command failed because of an internal error."
+
+
+class ProjectionNotFoundError(EventSourcingError):
+    """No projection is registered under this name."""
+
+    code = "projection_not_found"
+    default_detail = "No such projection."
+
+
+class LeaseLostError(EventSourcingError):
+    """Another worker holds (or took over) the lease on a projection: this batch is not applied."""
+
+    code = "lease_lost"
+    default_detail = "The lease on this projection is held by another worker."

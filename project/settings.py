@@ -118,9 +118,9 @@ STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise looks there first; collectstatic 
 # The admin renders under runserver with DEBUG=0 and no collectstatic step.
 WHITENOISE_USE_FINDERS = True
 
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or None
-# Embedded default: with no broker, tasks run in-process.
-CELERY_TASK_ALWAYS_EAGER = CELERY_BROKER_URL is None
+# Embedded default: with no broker, tasks run in-process, right after the commit that queued them.
+CELERY_TASK_ALWAYS_EAGER = not env.str("CELERY_BROKER_URL", default="")
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or "memory://localhost/"
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from django.db import IntegrityError, connections, transaction
@@ -79,7 +80,8 @@ class EventStore:
             raise ValueError("append() needs at least one event.")
         connection = connections[self.using]
         one_statement = connection.vendor == "postgresql" and len(new_events) <= INSERT_CHUNK
-        hooks = es_settings.APPEND_HOOKS
+        event_types = {event.event_type for event in new_events}
+        hooks = [hook for hook in es_settings.APPEND_HOOKS if _wants(hook, event_types)]
         try:
             if one_statement and not hooks and connection.get_autocommit():
                 # A single statement is a transaction of its own: no BEGIN/COMMIT round trips.
@@ -87,16 +89,28 @@ class EventStore:
             else:
                 with transaction.atomic(using=self.using, savepoint=not one_statement):
                     recorded = self._write(stream_id, category, new_events, expected_version, one_statement)
-                    for hook in hooks:
-                        hook(recorded)
+                    if recorded is not None:
+                        for hook in hooks:
+                            hook(recorded)
         except IntegrityError:
             # Another writer stored the same event ids (or versions) between our check and our insert.
             if connection.needs_rollback or (connection.in_atomic_block and connection.vendor == "postgresql"):
                 raise ConcurrencyError(stream_id, expected_version, None) from None
             recorded = None
+        if recorded is not None:
+            self._after_commit(recorded)
         if recorded is None:
             return self._resolve_refused(stream_id, new_events, expected_version)
         return AppendResult(stream_id=stream_id, version=recorded[-1].version, events=recorded)
+
+    def _after_commit(self, recorded: list[RecordedEvent]) -> None:
+        """Run COMMIT_HOOKS once the events are committed (at once, outside a transaction).
+
+        `robust`: a failing hook is logged and cannot undo or fail an append that committed.
+        """
+        for hook in es_settings.COMMIT_HOOKS:
+            if _wants(hook, {event.event_type for event in recorded}):
+                transaction.on_commit(partial(hook, recorded), using=self.using, robust=True)
 
     def _write(
         self,
@@ -217,22 +231,57 @@ class EventStore:
         limit: int | None = None,
         event_types: Sequence[str] | None = None,
         categories: Sequence[str] | None = None,
+        until: int | None = None,
     ) -> list[RecordedEvent]:
         """One batch of the global log: events after position `after`, in position order.
 
         A reader that keeps passing the last position it saw as `after` sees every
         committed event exactly once: positions become visible in order.
+
+        Args:
+            event_types: exact names, or glob patterns such as "Order*".
+            categories: stream categories.
+            until: the last position to include (e.g. the head read before).
         """
+        where, params = self._where(after=after, until=until, event_types=event_types, categories=categories)
+        if where is None:
+            return []
+        sql = f"SELECT {EVENT_COLUMNS} FROM {EVENT_TABLE} WHERE {where} ORDER BY position LIMIT %s"
+        return self._fetch(sql, [*params, limit or es_settings.READ_BATCH_SIZE])
+
+    def matching_events_sql(
+        self,
+        *,
+        after: int = 0,
+        event_types: Sequence[str] | None = None,
+        categories: Sequence[str] | None = None,
+    ) -> tuple[str, list[Any]]:
+        """SQL selecting the positions read_all would return (no limit), e.g. to count a lag."""
+        where, params = self._where(after=after, until=None, event_types=event_types, categories=categories)
+        return f"SELECT position FROM {EVENT_TABLE} WHERE {where or '1 = 0'}", params
+
+    def _where(
+        self,
+        *,
+        after: int,
+        until: int | None,
+        event_types: Sequence[str] | None,
+        categories: Sequence[str] | None,
+    ) -> tuple[str | None, list[Any]]:
+        """The WHERE clause of a log read; None when a filter is an empty list (nothing matches)."""
         clauses, params = ["position > %s"], [after]
+        if until is not None:
+            clauses.append("position <= %s")
+            params.append(until)
         for column, wanted in (("event_type", event_types), ("category", categories)):
             if wanted is not None:
                 values = list(wanted)
                 if not values:
-                    return []
-                clauses.append(f"{column} IN ({', '.join(['%s'] * len(values))})")
-                params.extend(values)
-        sql = f"SELECT {EVENT_COLUMNS} FROM {EVENT_TABLE} WHERE {' AND '.join(clauses)} ORDER BY position LIMIT %s"
-        return self._fetch(sql, [*params, limit or es_settings.READ_BATCH_SIZE])
+                    return None, []
+                clause, clause_params = _matching(column, values, connections[self.using].vendor)
+                clauses.append(clause)
+                params.extend(clause_params)
+        return " AND ".join(clauses), params
 
     def iter_all(
         self,
@@ -302,6 +351,39 @@ class EventStore:
         if isinstance(value, datetime):
             return value if value.tzinfo else value.replace(tzinfo=UTC)
         return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+def _matching(column: str, values: list[str], vendor: str) -> tuple[str, list[Any]]:
+    """SQL matching a column against exact values and glob patterns ("Order*", "Stock?dded").
+
+    Case-sensitive on both databases: SQLite's GLOB takes the pattern as it is,
+    PostgreSQL's LIKE gets it translated with `%` and `_` escaped.
+    """
+    exact = [value for value in values if not _is_glob(value)]
+    patterns = [value for value in values if _is_glob(value)]
+    alternatives, params = [], []
+    if exact:
+        alternatives.append(f"{column} IN ({', '.join(['%s'] * len(exact))})")
+        params.extend(exact)
+    for pattern in patterns:
+        if vendor == "sqlite":
+            alternatives.append(f"{column} GLOB %s")
+            params.append(pattern)
+        else:
+            like = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            alternatives.append(f"{column} LIKE %s ESCAPE '\\'")
+            params.append(like.replace("*", "%").replace("?", "_"))
+    return f"({' OR '.join(alternatives)})", params
+
+
+def _is_glob(value: str) -> bool:
+    return "*" in value or "?" in value
+
+
+def _wants(hook: Any, event_types: set[str]) -> bool:
+    """A hook may declare `wants(event_types)`, so appends it ignores skip it (and its transaction)."""
+    wants = getattr(hook, "wants", None)
+    return wants is None or wants(event_types)
 
 
 def _same_append(stream_id: str, new_events: list[NewEvent], stored: list[RecordedEvent]) -> AppendResult | None:

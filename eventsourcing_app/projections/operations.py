@@ -1,0 +1,155 @@
+"""What operators do with projections: status, resume, retry dead letters, rebuild."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import connections, transaction
+from django.db.models import Count
+from django.utils import timezone
+
+from ..models import Checkpoint, CheckpointStatus, ProjectionDeadLetter
+from ..store import EventStore
+from .base import ASYNC, Projection
+from .hooks import enqueue_projection
+from .registry import projection_registry
+from .runner import ProjectionRunner, worker_id
+
+
+@dataclass(frozen=True)
+class ProjectionStatus:
+    name: str
+    position: int
+    head: int
+    lag: int
+    status: str
+    last_error: str
+    failed_position: int | None
+    dead_letters: int
+    lease_owner: str
+    updated_at: datetime | None
+
+
+def projection_statuses(store: EventStore | None = None) -> list[ProjectionStatus]:
+    """Every async projection's position, lag (events it wants after its position), state and last error."""
+    store = store or EventStore()
+    head = store.head_position()
+    checkpoints = {c.name: c for c in Checkpoint.objects.using(store.using)}
+    dead = dict(
+        ProjectionDeadLetter.objects.using(store.using)
+        .filter(retried_at__isnull=True)
+        .values("projection")
+        .annotate(n=Count("pk"))
+        .values_list("projection", "n")
+    )
+    statuses = []
+    for projection in projection_registry.of_kind(ASYNC):
+        checkpoint = checkpoints.get(projection.name) or Checkpoint(name=projection.name)
+        statuses.append(
+            ProjectionStatus(
+                name=projection.name,
+                position=checkpoint.position,
+                head=head,
+                lag=pending_events(projection, checkpoint.position, store),
+                status=checkpoint.status,
+                last_error=checkpoint.last_error,
+                failed_position=checkpoint.failed_position,
+                dead_letters=dead.get(projection.name, 0),
+                lease_owner=checkpoint.lease_owner,
+                updated_at=checkpoint.updated_at,
+            )
+        )
+    return statuses
+
+
+def pending_events(projection: Projection, position: int, store: EventStore) -> int:
+    """How many events the projection wants after `position`: its lag (small lags count fast, on an index)."""
+    sql, params = store.matching_events_sql(
+        after=position,
+        event_types=list(projection.event_types) or None,
+        categories=list(projection.categories) or None,
+    )
+    with connections[store.using].cursor() as cursor:
+        cursor.execute(f"SELECT COUNT(*) FROM ({sql}) AS pending", params)
+        return cursor.fetchone()[0]
+
+
+def resume(name: str) -> None:
+    """Let a failed or paused projection run again from its checkpoint (after a fix)."""
+    projection_registry.lookup(name)
+    Checkpoint.objects.filter(name=name).update(
+        status=CheckpointStatus.RUNNING, last_error="", failed_position=None, updated_at=timezone.now()
+    )
+
+
+def pause(name: str) -> None:
+    projection_registry.lookup(name)
+    Checkpoint.objects.get_or_create(name=name)
+    Checkpoint.objects.filter(name=name).update(status=CheckpointStatus.PAUSED, updated_at=timezone.now())
+
+
+def retry_dead_letters(name: str, store: EventStore | None = None) -> tuple[int, int]:
+    """Apply a skip-policy projection's dead-lettered events again; returns (applied, still failing)."""
+    store = store or EventStore()
+    projection = projection_registry.lookup(name)
+    applied = failing = 0
+    for letter in ProjectionDeadLetter.objects.filter(projection=name, retried_at__isnull=True):
+        (event,) = store.read_all(after=letter.position - 1, limit=1)
+        try:
+            with transaction.atomic(using=store.using):
+                projection.handle_batch([event])
+                ProjectionDeadLetter.objects.filter(pk=letter.pk).update(retried_at=timezone.now())
+            applied += 1
+        except Exception as exc:
+            ProjectionDeadLetter.objects.filter(pk=letter.pk).update(error=repr(exc)[:4000])
+            failing += 1
+    return applied, failing
+
+
+def rebuild(
+    name: str,
+    *,
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    store: EventStore | None = None,
+) -> int:
+    """Clear a projection's read model and replay the whole log into it; returns positions replayed.
+
+    Runners leave it alone while its checkpoint says "rebuilding" (a runner
+    caught mid-batch fails its guarded advance and rolls back). Writers may
+    keep appending: the replay goes on until it reaches the head, then the
+    projection runs normally again. `progress(done, total)` is called per batch.
+    """
+    store = store or EventStore()
+    projection = projection_registry.lookup(name)
+    runner = ProjectionRunner(projection, owner=f"rebuild:{worker_id()}", store=store, batch_size=batch_size)
+    runner.statuses = (CheckpointStatus.REBUILDING,)
+    Checkpoint.objects.using(store.using).get_or_create(name=name)
+    with transaction.atomic(using=store.using):
+        Checkpoint.objects.using(store.using).filter(name=name).update(
+            status=CheckpointStatus.REBUILDING,
+            position=0,
+            last_error="",
+            failed_position=None,
+            lease_owner=runner.owner,
+            lease_expires_at=runner._expiry(timezone.now()),
+        )
+        ProjectionDeadLetter.objects.using(store.using).filter(projection=name).delete()
+        projection.clear()
+    done = 0
+    try:
+        while True:
+            step = runner.run_batch()
+            if not step:
+                break
+            done += step
+            if progress:
+                progress(done, store.head_position())
+    finally:
+        Checkpoint.objects.using(store.using).filter(name=name, lease_owner=runner.owner).update(
+            status=CheckpointStatus.RUNNING, lease_owner="", lease_expires_at=None, updated_at=timezone.now()
+        )
+    enqueue_projection(name)  # events appended since the replay's last batch
+    return done
