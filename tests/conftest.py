@@ -84,6 +84,18 @@ def run_worker(worker_env: dict[str, str]):
 
 
 @pytest.fixture(autouse=True)
+def _celery_eager_unless_real_workers(request: pytest.FixtureRequest):
+    """Tasks run in-process, except in `celery` tests, which send them to real workers on the broker."""
+    from project.celery import app
+
+    eager = request.node.get_closest_marker("celery") is None
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = eager or previous
+    yield
+    app.conf.task_always_eager = previous
+
+
+@pytest.fixture(autouse=True)
 def _fast_password_hashing(settings) -> None:
     """PBKDF2 costs ~0.4 s per HTTP Basic request here; tests do not need that strength."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -132,3 +144,9 @@ def plain_client(plain_user) -> APIClient:
 @pytest.fixture
 def client_for():
     return _client_for
+
+
+@pytest.fixture(autouse=True)
+def _skip_celery_without_broker(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("celery") and not os.environ.get("CELERY_BROKER_URL"):
+        pytest.skip("needs a Celery broker (set CELERY_BROKER_URL)")
