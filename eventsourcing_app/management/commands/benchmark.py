@@ -1,0 +1,758 @@
+"""`manage.py benchmark`: the event store's throughput beside the raw driver's, on the configured database.
+
+Each figure is a small function registered in `FIGURES` with `@figure(name, unit, baseline=...)`;
+it returns the runs it measured and the command prints their median. Figures with a baseline
+also print their ratio to it: absolute rates vary between machines and runs, ratios taken in
+one sitting hold. The raw baselines write the same rows into the same tables with the driver
+alone (psycopg 3 or sqlite3), so a ratio is the cost of the store itself.
+
+Concurrent figures run their writers in processes started with 'spawn' (the GIL would serialise
+threads), each setting Django up itself against the parent's database.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import queue
+import signal
+import sqlite3
+import statistics
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
+
+from ...aggregates import Aggregate, Repository, applies
+from ...store import NO_STREAM, DomainEvent, EventStore, Metadata
+
+REPEATS = 3
+EVENT_TABLE = "eventsourcing_event"
+STREAM_TABLE = "eventsourcing_stream"
+# Scratch copies of the two tables without the triggers, for raw_insert_concurrent_nolock.
+SCRATCH_STREAMS = "benchmark_raw_streams"
+SCRATCH_EVENTS = "benchmark_raw_events"
+METADATA: Metadata = {"correlation_id": "6f1c2a9e-0d7b-4c2e-9b1a-3f5e8d2c4a10"}
+# Longest wait for a writer process to answer (its first task includes setting Django up).
+WRITER_TIMEOUT = 300.0
+
+
+# ---------------------------------------------------------------- what is appended
+@dataclass(frozen=True)
+class BenchmarkItemAdded(DomainEvent, event_type="benchmark.ItemAdded"):
+    """The benchmark's only event: about 100 bytes of JSON, like a line of an order."""
+
+    sku: str
+    quantity: int
+    unit_price: Decimal
+    currency: str
+    note: str
+
+
+ITEM = BenchmarkItemAdded(
+    sku="SKU-000123", quantity=3, unit_price=Decimal("19.99"), currency="EUR", note="gift wrap, leave at the door"
+)
+# The JSON the raw baselines store, as the store's codec writes ITEM: compact, Decimal as a string.
+ITEM_JSON = json.dumps(dataclasses.asdict(ITEM), default=str, separators=(",", ":"))
+METADATA_JSON = json.dumps(METADATA, separators=(",", ":"))
+
+
+class BenchmarkItem(Aggregate):
+    """A 10-event aggregate for load_aggregate; each run subclasses it with its own category."""
+
+    quantity: int = 0
+
+    @applies(BenchmarkItemAdded)
+    def _item_added(self, event: BenchmarkItemAdded) -> None:
+        self.quantity += event.quantity
+
+
+# ---------------------------------------------------------------- measuring
+@dataclass(frozen=True)
+class Run:
+    """One run of a figure: units of work done (events, aggregates) in so many seconds."""
+
+    units: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.units / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A registered figure: `measure(bench)` returns its runs; `baseline` names the figure it is compared to."""
+
+    name: str
+    unit: str
+    measure: Callable[[Bench], list[Run]]
+    baseline: str | None = None
+    vendors: tuple[str, ...] = ("postgresql", "sqlite")
+
+
+FIGURES: dict[str, Figure] = {}
+
+
+def figure(
+    name: str, unit: str, *, baseline: str | None = None, vendors: tuple[str, ...] = ("postgresql", "sqlite")
+) -> Callable[[Callable[[Bench], list[Run]]], Callable[[Bench], list[Run]]]:
+    """Register a figure; they run and print in the order they are registered."""
+
+    def register(measure: Callable[[Bench], list[Run]]) -> Callable[[Bench], list[Run]]:
+        FIGURES[name] = Figure(name, unit, measure, baseline, vendors)
+        return measure
+
+    return register
+
+
+class Bench:
+    """What a figure needs: the database, the sizes asked for, and ways to time work on them.
+
+    Every stream it writes is "<category>-<hex>" under one category made for this benchmark,
+    so the benchmark's events never mix with anyone's streams.
+    """
+
+    def __init__(self, *, n: int, min_seconds: float, writers: int, alias: str, log: Callable[[str], None]) -> None:
+        self.n = n
+        self.min_seconds = min_seconds
+        self.writers = writers
+        self.alias = alias
+        self.log = log
+        self.category = f"Bench{uuid.uuid4().hex[:12]}"
+        self._pool: WriterPool | None = None
+
+    @property
+    def connection(self) -> Any:
+        return connections[self.alias]
+
+    @property
+    def vendor(self) -> str:
+        return self.connection.vendor
+
+    def repeat(self, step: Callable[[], int], min_units: int) -> list[Run]:
+        """REPEATS runs, each calling step() (which returns the units it did) until it has done
+        at least `min_units` and lasted at least min_seconds."""
+        runs = []
+        for _ in range(REPEATS):
+            self.settle()
+            done, started = 0, time.perf_counter()
+            while True:
+                done += step()
+                seconds = time.perf_counter() - started
+                if done >= min_units and seconds >= self.min_seconds:
+                    break
+            runs.append(Run(done, seconds))
+            self.log(f"  {runs[-1].rate:.0f}/s ({done} in {seconds:.1f}s)")
+        return runs
+
+    def concurrent(self, task: WriterTask, count_rows: Callable[[], int]) -> list[Run]:
+        """REPEATS runs of the writer processes doing `task` together (see WriterPool.run)."""
+        if self._pool is None:
+            self.log(f"  starting {self.writers} writer processes")
+            self._pool = WriterPool(self.writers, self.alias, dict(self.connection.settings_dict), self.log)
+        runs = []
+        for _ in range(REPEATS):
+            self.settle()
+            runs.append(self._pool.run(task, min_units=self.n, min_seconds=self.min_seconds, count_rows=count_rows))
+            self.log(f"  {runs[-1].rate:.0f}/s ({runs[-1].units} in {runs[-1].seconds:.1f}s)")
+        return runs
+
+    def count_rows(self, table: str) -> Callable[[], int]:
+        """A counter of this benchmark's rows in an events table (by the category index)."""
+
+        def count() -> int:
+            with self.connection.cursor() as cursor:
+                cursor.execute(f"SELECT count(*) FROM {table} WHERE category = %s", [self.category])
+                return cursor.fetchone()[0]
+
+        return count
+
+    def settle(self) -> None:
+        """Start each run with the WAL written out (as the peer benchmark does), best effort:
+        a CHECKPOINT needs a superuser or pg_checkpoint on PostgreSQL."""
+        sql = "CHECKPOINT" if self.vendor == "postgresql" else "PRAGMA wal_checkpoint(TRUNCATE)"
+        with suppress(DatabaseError), self.connection.cursor() as cursor:
+            cursor.execute(sql)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+
+# ---------------------------------------------------------------- the raw driver
+class RawWriter:
+    """Appends a new stream of `count` events with the driver alone: the rows EventStore.append
+    writes (a stream row at version `count`, its event rows), in one transaction, without the
+    store's guards (expected version, idempotent event ids) or its Python."""
+
+    def __init__(self, *, streams: str, events: str, mark: str, json_cast: str) -> None:
+        # The columns the store writes, tenant_id "" as for an append without a tenant.
+        self.stream_sql = (
+            f"INSERT INTO {streams} (stream_id, category, tenant_id, version, created_at, updated_at)"
+            f" VALUES ({mark}, {mark}, '', {mark}, {mark}, {mark})"
+        )
+        self.event_sql = (
+            f"INSERT INTO {events} (event_id, stream_id, category, version, event_type, schema_version, data, metadata,"
+            f" tenant_id, recorded_at) VALUES ({mark}, {mark}, {mark}, {mark}, {mark}, 1, {mark}{json_cast},"
+            f" {mark}{json_cast}, '', {mark})"
+        )
+
+    def append_new_stream(self, stream_id: str, category: str, count: int) -> int:
+        """Write the stream and its `count` events; returns `count`."""
+        raise NotImplementedError(".append_new_stream() must be overridden.")
+
+    def close(self) -> None:
+        raise NotImplementedError(".close() must be overridden.")
+
+    @staticmethod
+    def for_database(vendor: str, settings_dict: dict[str, Any], *, streams: str, events: str) -> RawWriter:
+        if vendor == "postgresql":
+            return PostgresRawWriter(settings_dict, streams=streams, events=events)
+        if vendor == "sqlite":
+            return SqliteRawWriter(settings_dict, streams=streams, events=events)
+        raise CommandError(f"The raw baselines support PostgreSQL and SQLite, not {vendor}.")
+
+
+# Connection OPTIONS that are Django's own, not libpq's.
+_DJANGO_ONLY_OPTIONS = frozenset({"isolation_level", "assume_role", "server_side_binding", "pool"})
+
+
+class PostgresRawWriter(RawWriter):
+    """psycopg 3 on its own connection (autocommit, parameters from the Django settings).
+
+    One event: one statement (the stream row in a CTE), a transaction of its own, as the
+    store's append on PostgreSQL. More: BEGIN, the stream row, executemany of the event rows, COMMIT.
+    The gap-free trigger on eventsourcing_event fires for these inserts too: it is part of the schema.
+    """
+
+    def __init__(self, settings_dict: dict[str, Any], *, streams: str, events: str) -> None:
+        super().__init__(streams=streams, events=events, mark="%s", json_cast="::jsonb")
+        try:
+            import psycopg
+        except ImportError as error:
+            raise CommandError(
+                "The raw PostgreSQL baselines need psycopg 3 (pip install 'psycopg[binary]')."
+            ) from error
+        options = {k: v for k, v in settings_dict.get("OPTIONS", {}).items() if k not in _DJANGO_ONLY_OPTIONS}
+        params = {
+            "dbname": settings_dict["NAME"],
+            "user": settings_dict.get("USER"),
+            "password": settings_dict.get("PASSWORD"),
+            "host": settings_dict.get("HOST"),
+            "port": settings_dict.get("PORT"),
+            **options,
+        }
+        self.conn = psycopg.connect(**{k: v for k, v in params.items() if v not in (None, "")}, autocommit=True)
+        self.single_sql = f"WITH s AS ({self.stream_sql}) {self.event_sql}"
+
+    def append_new_stream(self, stream_id: str, category: str, count: int) -> int:
+        now = datetime.now(UTC)
+        rows = [
+            (uuid.uuid4(), stream_id, category, v, ITEM.event_type, ITEM_JSON, METADATA_JSON, now)
+            for v in range(1, count + 1)
+        ]
+        if count == 1:
+            self.conn.execute(self.single_sql, (stream_id, category, 1, now, now, *rows[0]))
+            return 1
+        with self.conn.transaction(), self.conn.cursor() as cursor:
+            cursor.execute(self.stream_sql, (stream_id, category, count, now, now))
+            cursor.executemany(self.event_sql, rows)
+        return count
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class SqliteRawWriter(RawWriter):
+    """sqlite3 on its own connection with the Django settings' timeout, init_command PRAGMAs
+    (WAL…) and transaction mode (BEGIN IMMEDIATE): BEGIN, the stream row, the event row(s)
+    (executemany when more than one), COMMIT. Ids and timestamps are stored as Django stores them."""
+
+    def __init__(self, settings_dict: dict[str, Any], *, streams: str, events: str) -> None:
+        super().__init__(streams=streams, events=events, mark="?", json_cast="")
+        options = settings_dict.get("OPTIONS", {})
+        self.conn = sqlite3.connect(settings_dict["NAME"], timeout=options.get("timeout", 5), isolation_level=None)
+        for statement in options.get("init_command", "").split(";"):
+            if statement.strip():
+                self.conn.execute(statement)
+        self.begin = f"BEGIN {options.get('transaction_mode') or ''}".strip()
+
+    def append_new_stream(self, stream_id: str, category: str, count: int) -> int:
+        now = str(datetime.now(UTC).replace(tzinfo=None))
+        rows = [
+            (uuid.uuid4().hex, stream_id, category, v, ITEM.event_type, ITEM_JSON, METADATA_JSON, now)
+            for v in range(1, count + 1)
+        ]
+        self.conn.execute(self.begin)
+        try:
+            self.conn.execute(self.stream_sql, (stream_id, category, count, now, now))
+            if count == 1:
+                self.conn.execute(self.event_sql, rows[0])
+            else:
+                self.conn.executemany(self.event_sql, rows)
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+        return count
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# ---------------------------------------------------------------- writer processes
+@dataclass(frozen=True)
+class WriterTask:
+    """What each writer process does in a concurrent run: "append" (EventStore.append) or "raw"
+    (RawWriter into `streams`/`events`), one new single-event stream per transaction."""
+
+    kind: str
+    category: str
+    streams: str = STREAM_TABLE
+    events: str = EVENT_TABLE
+
+
+@dataclass(frozen=True)
+class _Channels:
+    """The shared objects a writer process is started with."""
+
+    tasks: Any  # this writer's queue of WriterTask (None: exit)
+    results: Any  # ("ready" | "done" | "error", writer index, end time or (error line, traceback))
+    counts: Any  # units each writer has done in the current run
+    go: Any
+    stop: Any
+
+
+class WriterPool:
+    """`writers` processes, each with its own database connection, kept for all concurrent runs.
+
+    A run hands each writer a task; each sets up (connection, one untimed unit) and reports
+    ready; then all start together on one event and append until the run has lasted
+    min_seconds and done min_units in all. The run's time is from the start to the last
+    writer's last completed unit, and the rows the table gained must equal the units counted.
+    """
+
+    def __init__(self, writers: int, alias: str, settings_dict: dict[str, Any], log: Callable[[str], None]) -> None:
+        self.log = log
+        settings_module = os.environ.get("DJANGO_SETTINGS_MODULE")
+        if not settings_module:
+            raise CommandError("Concurrent figures need DJANGO_SETTINGS_MODULE, so the writer processes can set up.")
+        context = multiprocessing.get_context("spawn")
+        self.counts = context.RawArray("q", writers)
+        self.go, self.stop, self.results = context.Event(), context.Event(), context.Queue()
+        self.tasks = [context.SimpleQueue() for _ in range(writers)]
+        self.processes = []
+        for index in range(writers):
+            channels = _Channels(self.tasks[index], self.results, self.counts, self.go, self.stop)
+            process = context.Process(
+                target=_writer_process,
+                args=(index, settings_module, alias, settings_dict, channels),
+                name=f"benchmark-writer-{index}",
+                daemon=True,
+            )
+            process.start()
+            self.processes.append(process)
+
+    def run(self, task: WriterTask, *, min_units: int, min_seconds: float, count_rows: Callable[[], int]) -> Run:
+        for tasks in self.tasks:
+            tasks.put(task)
+        answers = self._collect(len(self.processes))
+        ready = sum(1 for kind, _, _ in answers if kind == "ready")
+        if ready < len(answers):
+            self.stop.set()
+            self.go.set()
+            self._finish(self._collect(ready))
+            self._raise(answers)
+        for index in range(len(self.counts)):
+            self.counts[index] = 0
+        rows_before = count_rows()
+        started = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process on the machine
+        self.go.set()
+        early = self._wait(started, min_units, min_seconds)
+        self.stop.set()
+        answers = self._finish(early + self._collect(len(self.processes) - len(early)))
+        self._raise(answers)
+        units, rows = sum(self.counts), count_rows() - rows_before
+        if rows != units:
+            raise CommandError(f"The writers counted {units} appends but {rows} rows were added.")
+        return Run(units, max(end for _, _, end in answers) - started)
+
+    def _wait(self, started: float, min_units: int, min_seconds: float) -> list[tuple]:
+        """Until the run is long enough; returns early answers (only a failing writer answers mid-run)."""
+        while time.monotonic() - started < min_seconds or sum(self.counts) < min_units:
+            try:
+                return [self.results.get(timeout=0.01)]
+            except queue.Empty:
+                self._check_alive()
+        return []
+
+    def _collect(self, count: int) -> list[tuple]:
+        answers = []
+        deadline = time.monotonic() + WRITER_TIMEOUT
+        while len(answers) < count:
+            try:
+                answers.append(self.results.get(timeout=0.5))
+            except queue.Empty:
+                self._check_alive()
+                if time.monotonic() > deadline:
+                    raise CommandError(f"A writer process did not answer within {WRITER_TIMEOUT:.0f}s.") from None
+        return answers
+
+    def _finish(self, answers: list[tuple]) -> list[tuple]:
+        self.go.clear()
+        self.stop.clear()
+        return answers
+
+    def _check_alive(self) -> None:
+        for process in self.processes:
+            if not process.is_alive():
+                raise CommandError(f"Writer process {process.name} exited (code {process.exitcode}).")
+
+    def _raise(self, answers: list[tuple]) -> None:
+        for kind, index, detail in answers:
+            if kind == "error":
+                summary, trace = detail
+                self.log(trace)
+                raise CommandError(f"Writer process {index} failed: {summary}")
+
+    def close(self) -> None:
+        """Stop the writers, even mid-run (an interrupted benchmark), and wait for them to exit."""
+        self.stop.set()
+        self.go.set()
+        for tasks, process in zip(self.tasks, self.processes, strict=True):
+            if process.is_alive():
+                tasks.put(None)
+        deadline = time.monotonic() + 10
+        while any(process.is_alive() for process in self.processes) and time.monotonic() < deadline:
+            # Drained, so no writer waits to flush its last answers into the pipe.
+            with suppress(queue.Empty):
+                self.results.get(timeout=0.1)
+        for process in self.processes:
+            if process.is_alive():
+                process.terminate()
+            process.join()
+
+
+def _writer_process(index: int, settings_module: str, alias: str, settings_dict: dict[str, Any], ch: _Channels) -> None:
+    """A writer process's main: set Django up on the parent's database, then serve tasks until None."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the writers
+    failure = None
+    try:
+        os.environ["DJANGO_SETTINGS_MODULE"] = settings_module
+        import django
+
+        django.setup()
+        connections[alias].settings_dict.update(settings_dict)
+    except Exception as error:
+        failure = _failure(error)
+    while (task := ch.tasks.get()) is not None:
+        if failure:
+            ch.results.put(("error", index, failure))
+            continue
+        try:
+            step, close = _writer_step(task, alias, settings_dict)
+        except Exception as error:
+            ch.results.put(("error", index, _failure(error)))
+            continue
+        try:
+            step()  # untimed: connection open, statements warmed up
+            ch.results.put(("ready", index, None))
+            ch.go.wait()
+            done = 0
+            while not ch.stop.is_set():
+                done += step()
+                ch.counts[index] = done
+            ch.results.put(("done", index, time.monotonic()))
+        except Exception as error:
+            ch.results.put(("error", index, _failure(error)))
+        finally:
+            close()
+
+
+def _failure(error: Exception) -> tuple[str, str]:
+    """A writer's error as (its first line, the full traceback), for the parent to report."""
+    return traceback.format_exception_only(error)[0].strip().splitlines()[0], traceback.format_exc()
+
+
+def _writer_step(
+    task: WriterTask, alias: str, settings_dict: dict[str, Any]
+) -> tuple[Callable[[], int], Callable[[], None]]:
+    """(step, close) for a task: step appends one event to a new stream, in its own transaction."""
+    if task.kind == "append":
+        return _append_step(EventStore(alias), task.category, 1), connections[alias].close
+    writer = RawWriter.for_database(connections[alias].vendor, settings_dict, streams=task.streams, events=task.events)
+    return _raw_step(writer, task.category, 1), writer.close
+
+
+def _append_step(store: EventStore, category: str, count: int) -> Callable[[], int]:
+    events = [ITEM] * count
+
+    def step() -> int:
+        store.append(f"{category}-{uuid.uuid4().hex}", events, expected_version=NO_STREAM, metadata=METADATA)
+        return count
+
+    return step
+
+
+def _raw_step(writer: RawWriter, category: str, count: int) -> Callable[[], int]:
+    def step() -> int:
+        return writer.append_new_stream(f"{category}-{uuid.uuid4().hex}", category, count)
+
+    return step
+
+
+@contextmanager
+def _raw_writer(bench: Bench) -> Iterator[RawWriter]:
+    settings_dict = dict(bench.connection.settings_dict)
+    writer = RawWriter.for_database(bench.vendor, settings_dict, streams=STREAM_TABLE, events=EVENT_TABLE)
+    try:
+        yield writer
+    finally:
+        writer.close()
+
+
+# ---------------------------------------------------------------- the figures
+@figure("append_single", "events/s", baseline="raw_insert_single")
+def append_single(bench: Bench) -> list[Run]:
+    """EventStore.append of one event to a new stream (expected NO_STREAM), in the append's own transaction."""
+    return bench.repeat(_append_step(EventStore(bench.alias), bench.category, 1), bench.n)
+
+
+@figure("raw_insert_single", "events/s")
+def raw_insert_single(bench: Bench) -> list[Run]:
+    """The driver alone writing what append_single writes: a new stream row and its one event row,
+    one transaction each (see PostgresRawWriter, SqliteRawWriter)."""
+    with _raw_writer(bench) as writer:
+        return bench.repeat(_raw_step(writer, bench.category, 1), bench.n)
+
+
+@figure("append_concurrent", "events/s", baseline="raw_insert_concurrent")
+def append_concurrent(bench: Bench) -> list[Run]:
+    """--writers processes at once, each with its own connection, each as append_single (gap-free log in force)."""
+    return bench.concurrent(WriterTask("append", bench.category), bench.count_rows(EVENT_TABLE))
+
+
+@figure("raw_insert_concurrent", "events/s", baseline="raw_insert_concurrent_nolock")
+def raw_insert_concurrent(bench: Bench) -> list[Run]:
+    """--writers processes at once, each with its own raw connection, each as raw_insert_single (the
+    real tables: on PostgreSQL their gap-free trigger serialises these inserts too)."""
+    return bench.concurrent(WriterTask("raw", bench.category), bench.count_rows(EVENT_TABLE))
+
+
+@figure("raw_insert_concurrent_nolock", "events/s", vendors=("postgresql",))
+def raw_insert_concurrent_nolock(bench: Bench) -> list[Run]:
+    """As raw_insert_concurrent, into scratch copies of the two tables (same columns, indexes and
+    foreign key) without the gap-free trigger, dropped afterwards: what the gap-free lock costs."""
+    with _scratch_tables(bench):
+        task = WriterTask("raw", bench.category, streams=SCRATCH_STREAMS, events=SCRATCH_EVENTS)
+        return bench.concurrent(task, bench.count_rows(SCRATCH_EVENTS))
+
+
+@figure("append_batch", "events/s", baseline="raw_insert_batch")
+def append_batch(bench: Bench) -> list[Run]:
+    """EventStore.append of 10 events to a new stream (expected NO_STREAM), one transaction each."""
+    return bench.repeat(_append_step(EventStore(bench.alias), bench.category, 10), bench.n)
+
+
+@figure("raw_insert_batch", "events/s")
+def raw_insert_batch(bench: Bench) -> list[Run]:
+    """The driver alone writing what append_batch writes: a new stream row and executemany of its
+    10 event rows, one transaction each."""
+    with _raw_writer(bench) as writer:
+        return bench.repeat(_raw_step(writer, bench.category, 10), bench.n)
+
+
+@figure("load_aggregate", "aggregates/s")
+def load_aggregate(bench: Bench) -> list[Run]:
+    """Repository.load of 10-event aggregates, no snapshot, cycling over N/10 of them appended beforehand (untimed)."""
+    item_class = type(bench.category, (BenchmarkItem,), {"category": bench.category, "__module__": __name__})
+    repository: Repository[BenchmarkItem] = Repository(item_class, store=EventStore(bench.alias))
+    aggregates = max(1, -(-bench.n // 10))  # N events' worth per run
+    ids = [uuid.uuid4().hex for _ in range(aggregates)]
+    for aggregate_id in ids:
+        repository.store.append(
+            f"{bench.category}-{aggregate_id}", [ITEM] * 10, expected_version=NO_STREAM, metadata=METADATA
+        )
+    position = 0
+
+    def step() -> int:
+        nonlocal position
+        item = repository.load(ids[position % len(ids)])
+        position += 1
+        if item.version != 10:
+            raise CommandError(f"Loaded {item.stream_id} at version {item.version}, not 10.")
+        return 1
+
+    return bench.repeat(step, aggregates)
+
+
+@contextmanager
+def _scratch_tables(bench: Bench) -> Iterator[None]:
+    drop = f"DROP TABLE IF EXISTS {SCRATCH_EVENTS}, {SCRATCH_STREAMS}"
+    with bench.connection.cursor() as cursor:
+        cursor.execute(drop)
+        cursor.execute(f"CREATE TABLE {SCRATCH_STREAMS} (LIKE {STREAM_TABLE} INCLUDING ALL)")
+        cursor.execute(f"CREATE TABLE {SCRATCH_EVENTS} (LIKE {EVENT_TABLE} INCLUDING ALL)")
+        cursor.execute(
+            f"ALTER TABLE {SCRATCH_EVENTS} ADD FOREIGN KEY (stream_id) REFERENCES {SCRATCH_STREAMS} (stream_id)"
+            " DEFERRABLE INITIALLY DEFERRED"
+        )
+    try:
+        yield
+    finally:
+        with bench.connection.cursor() as cursor:
+            cursor.execute(drop)
+
+
+# ---------------------------------------------------------------- the command
+class Command(BaseCommand):
+    help = (
+        "Measure the event store on the configured database: appends (single, concurrent, batch) and aggregate "
+        "loads, each beside the raw driver (psycopg 3 / sqlite3) writing the same rows into the same tables, with "
+        "their ratios. Each figure is the median of 3 runs of at least --events events and --min-seconds seconds. "
+        "It appends REAL events (to streams of a new category Bench<random>, at least 3 x --events per figure) "
+        "that cannot be deleted, because events are immutable: run it on a database kept for benchmarks. It "
+        "refuses to start if the event table holds any events, unless --yes is given."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--events", type=int, default=2000, help="events per run, at least (default 2000)")
+        parser.add_argument("--min-seconds", type=float, default=2.0, help="seconds per run, at least (default 2)")
+        parser.add_argument("--writers", type=int, default=8, help="writer processes of concurrent figures (8)")
+        parser.add_argument("--only", default="", help=f"comma-separated figures, of: {', '.join(FIGURES)}")
+        parser.add_argument("--json", metavar="FILE", help="also write every figure and ratio to FILE as JSON")
+        parser.add_argument("--yes", action="store_true", help="run even though the event table holds events")
+        parser.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        names = self._figure_names(options)
+        connection = connections[DEFAULT_DB_ALIAS]
+        self._check_database(connection, yes=options["yes"])
+        quiet = options["no_progress"] or options["verbosity"] == 0
+        bench = Bench(
+            n=options["events"],
+            min_seconds=options["min_seconds"],
+            writers=options["writers"],
+            alias=DEFAULT_DB_ALIAS,
+            log=(lambda message: None) if quiet else self.stderr.write,
+        )
+        for line in self._header(bench, names):
+            self.stdout.write(line)
+        try:
+            results = self._measure(bench, names)
+        finally:
+            bench.close()
+        ratios = _ratios(results)
+        for name, ratio in ratios.items():
+            self.stdout.write(f"{name}: {ratio:.2f}")
+        if options["json"]:
+            document = {name: {"value": round(value, 1), "unit": unit} for name, (value, unit) in results.items()}
+            document.update({name: round(ratio, 3) for name, ratio in ratios.items()})
+            Path(options["json"]).write_text(json.dumps(document, indent=2) + "\n")
+
+    def _figure_names(self, options: dict[str, Any]) -> list[str]:
+        """Check the arguments before touching the database; returns the figures asked for."""
+        if options["events"] < 1:
+            raise CommandError("--events must be at least 1.")
+        if options["min_seconds"] < 0:
+            raise CommandError("--min-seconds must not be negative.")
+        if options["writers"] < 1:
+            raise CommandError("--writers must be at least 1.")
+        if options["json"] and not Path(options["json"]).resolve().parent.is_dir():
+            raise CommandError(f"--json: the folder of {options['json']!r} does not exist.")
+        if not options["only"]:
+            return list(FIGURES)
+        names = [name.strip() for name in options["only"].split(",") if name.strip()]
+        if unknown := [name for name in names if name not in FIGURES]:
+            raise CommandError(f"Unknown figure(s) {', '.join(unknown)}; known: {', '.join(FIGURES)}.")
+        if not names:
+            raise CommandError("--only names no figure.")
+        return [name for name in FIGURES if name in names]
+
+    def _check_database(self, connection: Any, *, yes: bool) -> None:
+        if connection.in_atomic_block:
+            raise CommandError("Run the benchmark outside a transaction: its writer processes must see its data.")
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {EVENT_TABLE})")
+                has_events = bool(cursor.fetchone()[0])
+        except DatabaseError as error:
+            raise CommandError(f"Cannot read {EVENT_TABLE} ({error}); run `manage.py migrate` first.") from None
+        if has_events and not yes:
+            raise CommandError(
+                "The event table already holds events. The benchmark appends real events, which cannot be "
+                "deleted; run it on a database kept for benchmarks, or pass --yes to go ahead."
+            )
+
+    def _measure(self, bench: Bench, names: list[str]) -> dict[str, tuple[float, str]]:
+        results: dict[str, tuple[float, str]] = {}
+        for name in names:
+            spec = FIGURES[name]
+            if bench.vendor not in spec.vendors:
+                self.stdout.write(f"# {name}: skipped, only measured on {', '.join(spec.vendors)}")
+                continue
+            bench.log(f"{name}: {REPEATS} runs of at least {bench.n} events and {bench.min_seconds:g}s")
+            runs = spec.measure(bench)
+            value = statistics.median(run.rate for run in runs)
+            results[name] = (value, spec.unit)
+            self.stdout.write(f"{name}: {_number(value)} {spec.unit}")
+            detail = "  ".join(f"{run.rate:.0f} ({run.units} in {run.seconds:.2f}s)" for run in runs)
+            self.stdout.write(f"# {name} runs: {detail}")
+        return results
+
+    def _header(self, bench: Bench, names: list[str]) -> list[str]:
+        docs = [f"# {name}: {' '.join((FIGURES[name].measure.__doc__ or '').split())}" for name in names]
+        return [
+            f"# {_database_line(bench)}",
+            f"# events={bench.n} min_seconds={bench.min_seconds:g} writers={bench.writers} repeats={REPEATS} "
+            f"payload={len(ITEM_JSON)} bytes; streams written under category {bench.category}",
+            *docs,
+        ]
+
+
+def _ratios(results: dict[str, tuple[float, str]]) -> dict[str, float]:
+    """figure/baseline for each measured figure whose baseline was measured too."""
+    ratios = {}
+    for name, (value, _) in results.items():
+        baseline = FIGURES[name].baseline
+        if baseline in results and results[baseline][0] > 0:
+            ratios[f"{name}/{baseline}"] = value / results[baseline][0]
+    return ratios
+
+
+def _number(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _database_line(bench: Bench) -> str:
+    with bench.connection.cursor() as cursor:
+        if bench.vendor == "postgresql":
+            names = (
+                "server_version",
+                "synchronous_commit",
+                "fsync",
+                "wal_sync_method",
+                "shared_buffers",
+                "commit_delay",
+            )
+            cursor.execute("SELECT " + ", ".join(f"current_setting('{name}')" for name in names))
+            return "PostgreSQL " + ", ".join(f"{n}={v}" for n, v in zip(names, cursor.fetchone(), strict=True))
+        if bench.vendor == "sqlite":
+            cursor.execute("PRAGMA journal_mode")
+            mode = cursor.fetchone()[0]
+            cursor.execute("PRAGMA synchronous")
+            return f"SQLite {sqlite3.sqlite_version}, journal_mode={mode}, synchronous={cursor.fetchone()[0]}"
+    return bench.vendor

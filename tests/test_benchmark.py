@@ -1,0 +1,151 @@
+"""`manage.py benchmark`: every figure is measured and reported, in text and JSON; bad arguments are refused.
+
+Speed itself is never asserted here (DESIGN §4): these runs are tiny, only their shape is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+
+from eventsourcing_app.management.commands.benchmark import FIGURES
+from eventsourcing_app.models import Event
+from eventsourcing_app.store import EventStore
+from project.shop.events import StockAdded
+
+RATIOS = {
+    "append_single/raw_insert_single",
+    "append_concurrent/raw_insert_concurrent",
+    "append_batch/raw_insert_batch",
+}
+
+
+def applicable_figures() -> set[str]:
+    return {name for name, spec in FIGURES.items() if connection.vendor in spec.vendors}
+
+
+def run_benchmark(*args: str) -> tuple[str, str]:
+    out, err = StringIO(), StringIO()
+    call_command("benchmark", "--events", "20", "--min-seconds", "0", *args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def test_every_figure_is_measured_and_reported(transactional_db: None, tmp_path: Path) -> None:
+    users_stream = f"Stock-{uuid.uuid4()}"
+    EventStore().append(users_stream, [StockAdded(sku="SKU-1", quantity=5)])
+    path = tmp_path / "bench.json"
+
+    out, err = run_benchmark("--writers", "2", "--json", str(path), "--yes")
+
+    figures = applicable_figures()
+    assert {"append_single", "append_concurrent", "append_batch", "load_aggregate"} <= figures
+    assert ("raw_insert_concurrent_nolock" in figures) == (connection.vendor == "postgresql")
+    document = json.loads(path.read_text())
+    expected_ratios = _ratio_names(figures)
+    assert expected_ratios >= RATIOS
+    assert set(document) == figures | expected_ratios
+    lines = out.splitlines()
+    for name in figures:
+        value, unit = document[name]["value"], document[name]["unit"]
+        assert set(document[name]) == {"value", "unit"}
+        assert value > 0
+        assert unit == FIGURES[name].unit
+        assert any(line.startswith(f"{name}: ") and line.endswith(f" {unit}") for line in lines), name
+        assert any(line.startswith(f"# {name} runs: ") for line in lines), name
+    for ratio in expected_ratios:
+        figure, baseline = ratio.split("/")
+        assert document[ratio] == pytest.approx(document[figure]["value"] / document[baseline]["value"], rel=0.01)
+        printed = [line for line in lines if line.startswith(f"{ratio}: ")]
+        assert len(printed) == 1
+        assert float(printed[0].split(": ")[1]) == pytest.approx(document[ratio], abs=0.006)
+    assert "append_single:" in err  # progress goes to stderr, not stdout
+    assert not any(line.startswith("  ") for line in lines)
+
+    # Everything the benchmark wrote is under its own category; the user's stream is untouched.
+    category = next(line.split("category ")[1] for line in lines if "category Bench" in line)
+    assert Event.objects.exclude(category=category).count() == 1
+    assert Event.objects.filter(category=category).count() >= 6 * 3 * 20  # six appending figures, 3 runs each
+    assert EventStore().stream_info(users_stream).version == 1
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT to_regclass('benchmark_raw_events'), to_regclass('benchmark_raw_streams')")
+            assert cursor.fetchone() == (None, None)
+
+
+def _ratio_names(figures: set[str]) -> set[str]:
+    return {f"{name}/{FIGURES[name].baseline}" for name in figures if FIGURES[name].baseline in figures}
+
+
+def test_only_runs_the_figures_named(transactional_db: None, tmp_path: Path) -> None:
+    path = tmp_path / "bench.json"
+
+    out, _ = run_benchmark("--only", "raw_insert_single, append_single", "--json", str(path), "--no-progress")
+
+    assert set(json.loads(path.read_text())) == {
+        "append_single",
+        "raw_insert_single",
+        "append_single/raw_insert_single",
+    }
+    assert [line.split(":")[0] for line in out.splitlines() if not line.startswith("#")] == [
+        "append_single",
+        "raw_insert_single",
+        "append_single/raw_insert_single",
+    ]
+
+
+def test_refuses_a_database_with_events_unless_yes(transactional_db: None) -> None:
+    EventStore().append(f"Stock-{uuid.uuid4()}", [StockAdded(sku="SKU-1", quantity=5)])
+
+    with pytest.raises(CommandError, match="--yes"):
+        run_benchmark("--only", "append_single")
+
+    assert Event.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_refuses_to_run_inside_a_transaction() -> None:
+    # Its writer processes could not see rows of an uncommitted transaction.
+    with pytest.raises(CommandError, match="outside a transaction"):
+        run_benchmark("--only", "append_single", "--yes")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--events", "0"], "--events must be at least 1"),
+        (["--min-seconds", "-1"], "--min-seconds must not be negative"),
+        (["--writers", "0"], "--writers must be at least 1"),
+        (["--only", "append_single,no_such_figure"], "Unknown figure.*no_such_figure"),
+        (["--only", ","], "--only names no figure"),
+        (["--json", "/no/such/folder/bench.json"], "--json"),
+        (["--events", "many"], "invalid int value"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(args: list[str], message: str) -> None:
+    # No database access is allowed here: the arguments are checked first.
+    with pytest.raises(CommandError, match=message):
+        call_command("benchmark", *args, stdout=StringIO(), stderr=StringIO())
+
+
+def test_bad_arguments_exit_non_zero_without_a_traceback(worker_env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "manage.py", "benchmark", "--only", "nope"],
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+        env=worker_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 1
+    assert "CommandError: Unknown figure(s) nope" in result.stderr
+    assert "Traceback" not in result.stderr
