@@ -98,7 +98,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Tests use a file beside the database, not memory, so that worker processes can share it.
     DATABASES["default"]["TEST"] = {"NAME": str(Path(DATABASES["default"]["NAME"]).with_suffix(".test.sqlite3"))}
 
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A query running longer than this is cancelled: with COMMAND_TIMEOUT, the hard limit of a command.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("options", "-c statement_timeout=60s")
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Sessions are read from the cache first (one query less per session-authenticated request).
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -27,8 +27,8 @@ def test_place_order_runs_a_fixed_number_of_queries() -> None:
     writes = [sql for sql in many if "eventsourcing_event" in sql]
     assert len(writes) == (1 if connection.vendor == "postgresql" else 2)  # one CTE, or stream + events
     # The test's transaction turns the command's into a savepoint (and SQLite's append adds one):
-    # savepoint(s), statement_timeout (PostgreSQL), the append, release(s).
-    assert len(many) == (4 if connection.vendor == "postgresql" else 6)
+    # savepoint(s), the append, release(s).
+    assert len(many) == (3 if connection.vendor == "postgresql" else 6)
 
 
 def test_every_command_type_has_a_permission() -> None:

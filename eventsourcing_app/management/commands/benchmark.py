@@ -31,10 +31,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
+from django.test import Client
+from django.urls import NoReverseMatch, reverse
+from rest_framework import serializers
 
 from ...aggregates import Aggregate, Repository, applies
+from ...commands import Command, CommandContext, handles
 from ...store import NO_STREAM, DomainEvent, EventStore, Metadata
 
 REPEATS = 3
@@ -597,6 +603,49 @@ def load_aggregate(bench: Bench) -> list[Run]:
         return 1
 
     return bench.repeat(step, aggregates)
+
+
+class BenchmarkAddItem(Command, command_type="BenchmarkAddItem"):
+    """The command of command_http: start a new benchmark aggregate with one ItemAdded event."""
+
+    item_id = serializers.CharField(max_length=64)
+    category = serializers.CharField(max_length=50)
+
+
+@handles(BenchmarkAddItem)
+def _add_item(command: BenchmarkAddItem, context: CommandContext) -> None:
+    item_class = type(command.category, (BenchmarkItem,), {"category": command.category, "__module__": __name__})
+    item = item_class(command.item_id)
+    item.raise_event(ITEM)
+    context.save(item)
+
+
+@figure("command_http", "commands/s", baseline="append_single")
+def command_http(bench: Bench) -> list[Run]:
+    """POST /api/commands/BenchmarkAddItem/ through Django's test client (in-process WSGI: URL routing,
+    Django and DRF middleware, session authentication, the command permission, throttling, JSON parsing)
+    and the full command middleware chain; each appends one event to a new stream, as append_single."""
+    try:
+        url = reverse("eventsourcing:command", kwargs={"command_type": BenchmarkAddItem.command_type})
+    except NoReverseMatch:
+        raise CommandError("command_http needs the API's URLs: include('eventsourcing_app.api.urls')") from None
+    user = get_user_model().objects.create_superuser(f"benchmark-{uuid.uuid4().hex[:12]}", "", None)
+    host = next((h for h in settings.ALLOWED_HOSTS if h and "*" not in h and not h.startswith(".")), "localhost")
+    client = Client(HTTP_HOST=host)
+    client.force_login(user)
+
+    def step() -> int:
+        body = json.dumps({"item_id": uuid.uuid4().hex, "category": bench.category})
+        response = client.post(url, data=body, content_type="application/json")
+        if response.status_code != 200:
+            raise CommandError(f"command_http: {response.status_code} {response.content[:300]!r}")
+        return 1
+
+    try:
+        return bench.repeat(step, bench.n)
+    finally:
+        client.logout()
+        user.delete()
 
 
 @contextmanager
