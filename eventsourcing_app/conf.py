@@ -68,10 +68,16 @@ DEFAULTS: dict[str, Any] = {
     "PROJECTION_TASK_SECONDS": 20,
     # Attempts at a batch that hits a transient database error, with exponential backoff.
     "PROJECTION_RETRIES": 5,
+    # manage.py benchmark's catchup/rebuild: the projection measured, and a function
+    # count -> iterable of (stream_id, [events]) making about `count` events it wants.
+    "BENCHMARK_PROJECTION": None,
+    "BENCHMARK_EVENTS": None,
 }
 
 # Keys whose values are import strings (or lists of them), resolved on first access.
-IMPORT_STRINGS = frozenset({"APPEND_HOOKS", "COMMIT_HOOKS", "FIELD_CIPHER", "UPCASTER", "TENANT_RESOLVER"})
+IMPORT_STRINGS = frozenset(
+    {"APPEND_HOOKS", "COMMIT_HOOKS", "FIELD_CIPHER", "UPCASTER", "TENANT_RESOLVER", "BENCHMARK_EVENTS"}
+)
 
 
 class ImportStringError(ImportError):

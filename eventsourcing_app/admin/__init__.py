@@ -2,4 +2,7 @@
 
 from __future__ import annotations
 
-from . import store  # noqa: F401  (registers Stream, Event and Snapshot admins)
+from . import (
+    projections,  # noqa: F401  (registers Checkpoint and ProjectionDeadLetter admins)
+    store,  # noqa: F401  (registers Stream, Event and Snapshot admins)
+)

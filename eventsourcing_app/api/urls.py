@@ -21,6 +21,7 @@ from .views import (
     CommandView,
     EventListView,
     MetricsView,
+    ProjectionListView,
     StreamDetailView,
     StreamEventListView,
     StreamListView,
@@ -74,4 +75,5 @@ urlpatterns = [
     path("streams/<str:stream_id>/", StreamDetailView.as_view(), name="stream-detail"),
     path("streams/<str:stream_id>/events/", StreamEventListView.as_view(), name="stream-events"),
     path("metrics/", MetricsView.as_view(), name="metrics"),
+    path("projections/", ProjectionListView.as_view(), name="projection-list"),
 ]

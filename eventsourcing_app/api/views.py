@@ -9,7 +9,7 @@ from django.shortcuts import get_object_or_404
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from rest_framework import generics
+from rest_framework import generics, serializers
 from rest_framework.parsers import JSONParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
@@ -21,6 +21,7 @@ from ..commands.middleware.tenant import tenant_of_user
 from ..conf import es_settings
 from ..exceptions import CommandPermissionError, CommandValidationError
 from ..models import Event, Stream
+from ..projections import projection_statuses
 from . import problems
 from .filters import EventFilter
 from .pagination import PositionCursorPagination, StreamCursorPagination
@@ -173,3 +174,27 @@ class MetricsView(ProblemDetailsMixin, APIView):
     @extend_schema(exclude=True)
     def get(self, request: Request) -> HttpResponse:
         return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+
+class ProjectionStatusSerializer(serializers.Serializer):
+    """One async projection as operators see it (a `projections.ProjectionStatus`)."""
+
+    name = serializers.CharField()
+    status = serializers.CharField()
+    position = serializers.IntegerField()
+    head = serializers.IntegerField()
+    lag = serializers.IntegerField(help_text="Events it wants after its position.")
+    last_error = serializers.CharField()
+    failed_position = serializers.IntegerField(allow_null=True)
+    dead_letters = serializers.IntegerField(help_text="Skipped events not retried yet.")
+    updated_at = serializers.DateTimeField(allow_null=True)
+
+
+class ProjectionListView(ProblemDetailsMixin, APIView):
+    """`GET /api/projections/`: every async projection's status, position, lag and last error (staff only)."""
+
+    permission_classes = [IsStaff]
+
+    @extend_schema(responses=ProjectionStatusSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        return Response(ProjectionStatusSerializer(projection_statuses(), many=True).data)

@@ -1,7 +1,16 @@
 """Projections: read models fed by the event log (inline, async with checkpoints, or live)."""
 
 from .base import ASYNC, INLINE, LIVE, SKIP, STOP, Projection, on
-from .operations import ProjectionStatus, pause, projection_statuses, rebuild, resume, retry_dead_letters
+from .bulk import bulk_insert
+from .operations import (
+    ProjectionStatus,
+    pause,
+    pending_events,
+    projection_statuses,
+    rebuild,
+    resume,
+    retry_dead_letters,
+)
 from .registry import projection_registry, register
 from .runner import ProjectionRunner
 
@@ -14,8 +23,10 @@ __all__ = [
     "Projection",
     "ProjectionRunner",
     "ProjectionStatus",
+    "bulk_insert",
     "on",
     "pause",
+    "pending_events",
     "projection_registry",
     "projection_statuses",
     "rebuild",

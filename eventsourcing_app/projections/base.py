@@ -50,7 +50,7 @@ class Projection:
         name: unique, snake_case (default: the class name, snake_cased, without "Projection").
         kind: INLINE, ASYNC or LIVE.
         event_types: types or glob patterns it wants (default: those of its @on handlers).
-        categories: stream categories it wants (default: all).
+        categories: stream categories or glob patterns it wants (default: all).
         on_error: what a poison event does to an async projection: STOP (it fails,
             visibly) or SKIP (the event goes to a dead letter and the projection goes on).
         batch_size: events per transaction (default PROJECTION_BATCH_SIZE).
@@ -68,7 +68,8 @@ class Projection:
         super().__init_subclass__(**kwargs)
         if "name" not in cls.__dict__:
             base = cls.__name__.removesuffix("Projection") or cls.__name__
-            cls.name = re.sub(r"(?<!^)(?=[A-Z])", "_", base).lower()
+            # "OrderSummary" -> "order_summary", "HTTPStats" -> "http_stats" (an acronym is one word).
+            cls.name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", base).lower()
         handlers = dict(cls._handlers)
         for attribute in cls.__dict__.values():
             for event_type in getattr(attribute, "_handles_events", ()):
@@ -83,7 +84,12 @@ class Projection:
 
     def wants(self, event_type: str, category: str | None = None) -> bool:
         """Whether an event of this type (and category) is for this projection."""
-        if self.categories and category is not None and category not in self.categories:
+        # Categories may be globs too, as the store's log reads take them.
+        if (
+            self.categories
+            and category is not None
+            and not any(fnmatchcase(category, pattern) for pattern in self.categories)
+        ):
             return False
         return not self.event_types or any(fnmatchcase(event_type, pattern) for pattern in self.event_types)
 

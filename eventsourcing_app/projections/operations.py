@@ -119,8 +119,9 @@ def rebuild(
 
     Runners leave it alone while its checkpoint says "rebuilding" (a runner
     caught mid-batch fails its guarded advance and rolls back). Writers may
-    keep appending: the replay goes on until it reaches the head, then the
-    projection runs normally again. `progress(done, total)` is called per batch.
+    keep appending: the replay goes up to the head as it was when the rebuild
+    started, then the projection runs normally again from there (a run is
+    enqueued for the rest). `progress(done, total)` is called per batch.
     """
     store = store or EventStore()
     projection = projection_registry.lookup(name)
@@ -138,15 +139,18 @@ def rebuild(
         )
         ProjectionDeadLetter.objects.using(store.using).filter(projection=name).delete()
         projection.clear()
+    # The replay stops at the head it started from; later events are the normal runners' (enqueued
+    # below). Chasing a head that busy writers keep moving could otherwise go on for ever.
+    target = store.head_position()
     done = 0
     try:
-        while True:
+        while done < target:
             step = runner.run_batch()
             if not step:
                 break
             done += step
             if progress:
-                progress(done, store.head_position())
+                progress(done, target)
     finally:
         Checkpoint.objects.using(store.using).filter(name=name, lease_owner=runner.owner).update(
             status=CheckpointStatus.RUNNING, lease_owner="", lease_expires_at=None, updated_at=timezone.now()

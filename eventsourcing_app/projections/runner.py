@@ -124,10 +124,13 @@ class ProjectionRunner:
         return end - position
 
     def _apply(self, position: int, events: list[RecordedEvent], end: int) -> None:
+        # The checkpoint is advanced (and so row-locked) before the read model is written: a rebuild,
+        # which resets the checkpoint and then clears the read model, takes its locks in that same
+        # order, so the two wait for each other instead of deadlocking.
         with transaction.atomic(using=self.using):
+            self._advance(position, end)
             if events:
                 self.projection.handle_batch(events)
-            self._advance(position, end)
 
     def _apply_one_by_one(self, position: int, events: list[RecordedEvent], end: int) -> int | None:
         """Find the poison event of a failed batch: apply event by event, then follow the policy."""

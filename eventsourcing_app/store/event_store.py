@@ -110,7 +110,10 @@ class EventStore:
         """
         for hook in es_settings.COMMIT_HOOKS:
             if _wants(hook, {event.event_type for event in recorded}):
-                transaction.on_commit(partial(hook, recorded), using=self.using, robust=True)
+                callback = partial(hook, recorded)
+                # Django names a failing robust callback by its __qualname__, which a partial lacks.
+                callback.__qualname__ = getattr(hook, "__qualname__", type(hook).__qualname__)  # type: ignore[attr-defined]
+                transaction.on_commit(callback, using=self.using, robust=True)
 
     def _write(
         self,

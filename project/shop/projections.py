@@ -10,11 +10,13 @@ from collections import defaultdict
 
 from django.db.models import F
 
-from eventsourcing_app.projections import Projection, register
+from eventsourcing_app.projections import Projection, bulk_insert, register
 from eventsourcing_app.store import RecordedEvent
 
 from .models import InventoryLevel, OrderSummary
 
+# Rows per bulk UPDATE: a few statements per batch of events, within every database's parameter limit.
+UPDATE_CHUNK = 200
 ORDER_STATUS = {"OrderConfirmed": "confirmed", "OrderCancelled": "cancelled", "OrderShipped": "shipped"}
 
 
@@ -46,12 +48,16 @@ class OrderSummaryProjection(Projection):
                 placed[data.order_id].updated_at = event.recorded_at
             else:
                 changes[data.order_id] = (ORDER_STATUS[event.event_type], event.recorded_at)
-        OrderSummary.objects.bulk_create(placed.values())
-        by_status: dict[tuple[str, object], list[str]] = defaultdict(list)
-        for order_id, change in changes.items():
-            by_status[change].append(order_id)
-        for (status, at), order_ids in by_status.items():
-            OrderSummary.objects.filter(order_id__in=order_ids).update(status=status, updated_at=at)
+        bulk_insert(OrderSummary, placed.values())
+        # One UPDATE ... CASE per chunk, not one per order: each change has its own updated_at.
+        OrderSummary.objects.bulk_update(
+            [
+                OrderSummary(order_id=order_id, status=status, updated_at=at)
+                for order_id, (status, at) in sorted(changes.items())
+            ],
+            ["status", "updated_at"],
+            batch_size=UPDATE_CHUNK,
+        )
 
     def clear(self) -> None:
         OrderSummary.objects.all().delete()
@@ -78,11 +84,17 @@ class InventoryLevelsProjection(Projection):
         InventoryLevel.objects.bulk_create(
             InventoryLevel(sku=sku, available=a, reserved=r) for sku, (a, r) in deltas.items() if sku not in existing
         )
-        for sku in existing:
-            available, reserved = deltas[sku]
-            InventoryLevel.objects.filter(sku=sku).update(
-                available=F("available") + available, reserved=F("reserved") + reserved
-            )
+        # Relative updates (F() + delta) of every known SKU in one UPDATE ... CASE per chunk, not one per SKU.
+        InventoryLevel.objects.bulk_update(
+            [
+                InventoryLevel(
+                    sku=sku, available=F("available") + deltas[sku][0], reserved=F("reserved") + deltas[sku][1]
+                )
+                for sku in sorted(existing)
+            ],
+            ["available", "reserved"],
+            batch_size=UPDATE_CHUNK,
+        )
 
     def clear(self) -> None:
         InventoryLevel.objects.all().delete()

@@ -23,25 +23,30 @@ import statistics
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
-from django.test import Client
+from django.test import Client, override_settings
 from django.urls import NoReverseMatch, reverse
 from rest_framework import serializers
 
 from ...aggregates import Aggregate, Repository, applies
 from ...commands import Command, CommandContext, handles
+from ...conf import es_settings
+from ...exceptions import ProjectionNotFoundError
 from ...store import NO_STREAM, DomainEvent, EventStore, Metadata
+
+if TYPE_CHECKING:
+    from ...projections import Projection
 
 REPEATS = 3
 EVENT_TABLE = "eventsourcing_event"
@@ -648,6 +653,142 @@ def command_http(bench: Bench) -> list[Run]:
         user.delete()
 
 
+# ---------------------------------------------------------------- projections
+def _benchmark_projection() -> tuple[Projection, Callable[[int], Iterable[tuple[str, list[DomainEvent]]]]]:
+    """The projection measured by catchup/rebuild and the function making its events (settings)."""
+    from ...projections import projection_registry  # models load once Django is set up (writer processes)
+
+    name, make_events = es_settings.BENCHMARK_PROJECTION, es_settings.BENCHMARK_EVENTS
+    if not name or make_events is None:
+        raise CommandError(
+            "catchup, rebuild and raw_read need EVENTSOURCING['BENCHMARK_PROJECTION'] (a projection name) and "
+            "['BENCHMARK_EVENTS'] (a function count -> (stream_id, events) pairs); see docs/benchmarks.md."
+        )
+    try:
+        return projection_registry.lookup(name), make_events
+    except ProjectionNotFoundError as error:
+        raise CommandError(str(error)) from None
+
+
+def _append_projection_events(bench: Bench, count: int) -> int:
+    """Append about `count` events for the benchmark projection, untimed and without nudges.
+
+    Their streams are renamed into the benchmark's own category, like every stream it writes.
+    """
+    _, make_events = _benchmark_projection()
+    store = EventStore(bench.alias)
+    appended = 0
+    with override_settings(EVENTSOURCING={**(settings.EVENTSOURCING or {}), "COMMIT_HOOKS": []}):
+        for stream_id, events in make_events(count):
+            store.append(f"{bench.category}-{stream_id.partition('-')[2]}", events, expected_version=NO_STREAM)
+            appended += len(events)
+    return appended
+
+
+@figure("raw_read", "events/s")
+def raw_read(bench: Bench) -> list[Run]:
+    """The driver alone reading the benchmark projection's events (event_type IN its types) in position
+    order, in keyset batches of PROJECTION_BATCH_SIZE: the read side of catchup and rebuild."""
+    projection, _ = _benchmark_projection()
+    if not EventStore(bench.alias).read_all(event_types=list(projection.event_types), limit=1):
+        _append_projection_events(bench, bench.n)
+    reader = RawReader.for_database(bench.vendor, dict(bench.connection.settings_dict))
+    try:
+        types = list(projection.event_types)
+        return [_timed(lambda: reader.read_all(types, es_settings.PROJECTION_BATCH_SIZE)) for _ in range(REPEATS)]
+    finally:
+        reader.close()
+
+
+@figure("catchup", "events/s", baseline="raw_read")
+def catchup(bench: Bench) -> list[Run]:
+    """The async runner bringing the benchmark projection (a Django-model read model) up to date with N new
+    events: batches of PROJECTION_BATCH_SIZE, each applied with its checkpoint in one transaction."""
+    from ...models import Checkpoint, CheckpointStatus  # models load once Django is set up (writer processes)
+    from ...projections import ProjectionRunner, pending_events
+
+    projection, _ = _benchmark_projection()
+    store = EventStore(bench.alias)
+    runs = []
+    for _ in range(REPEATS):
+        start = store.head_position()
+        _append_projection_events(bench, bench.n)
+        Checkpoint.objects.using(bench.alias).update_or_create(
+            name=projection.name,
+            defaults={"position": start, "status": CheckpointStatus.RUNNING, "lease_owner": "", "last_error": ""},
+        )
+        pending = pending_events(projection, start, store)
+        bench.settle()
+        runner = ProjectionRunner(projection, store=store)
+        run = _timed(lambda runner=runner, pending=pending: (runner.run(), pending)[1])
+        _check_caught_up(projection, store)
+        runs.append(run)
+        bench.log(f"  {run.rate:.0f}/s ({run.units} in {run.seconds:.1f}s)")
+    return runs
+
+
+@figure("rebuild", "events/s", baseline="raw_read")
+def rebuild_figure(bench: Bench) -> list[Run]:
+    """rebuild() of the benchmark projection: clear its read model and replay the whole log into it
+    (the events it wants; all that catchup and raw_read appended are in it)."""
+    from ...projections import pending_events, rebuild
+
+    projection, _ = _benchmark_projection()
+    store = EventStore(bench.alias)
+    runs = []
+    for _ in range(REPEATS):
+        pending = pending_events(projection, 0, store)
+        bench.settle()
+        run = _timed(lambda pending=pending: (rebuild(projection.name, store=store), pending)[1])
+        _check_caught_up(projection, store)
+        runs.append(run)
+        bench.log(f"  {run.rate:.0f}/s ({run.units} in {run.seconds:.1f}s)")
+    return runs
+
+
+def _timed(work: Callable[[], int]) -> Run:
+    started = time.perf_counter()
+    units = work()
+    return Run(units, time.perf_counter() - started)
+
+
+def _check_caught_up(projection: Projection, store: EventStore) -> None:
+    from ...models import Checkpoint, CheckpointStatus
+    from ...projections import pending_events
+
+    checkpoint = Checkpoint.objects.using(store.using).get(name=projection.name)
+    if checkpoint.status != CheckpointStatus.RUNNING or pending_events(projection, checkpoint.position, store):
+        raise CommandError(f"{projection.name} did not catch up: {checkpoint.status} {checkpoint.last_error}")
+
+
+class RawReader:
+    """Reads event rows of some types in position order with the driver alone, in keyset batches."""
+
+    def __init__(self, conn: Any, mark: str) -> None:
+        self.conn, self.mark = conn, mark
+
+    @staticmethod
+    def for_database(vendor: str, settings_dict: dict[str, Any]) -> RawReader:
+        if vendor == "postgresql":
+            return RawReader(PostgresRawWriter(settings_dict, streams=STREAM_TABLE, events=EVENT_TABLE).conn, "%s")
+        return RawReader(SqliteRawWriter(settings_dict, streams=STREAM_TABLE, events=EVENT_TABLE).conn, "?")
+
+    def read_all(self, event_types: list[str], batch_size: int) -> int:
+        types = ", ".join([self.mark] * len(event_types))
+        sql = (
+            f"SELECT position, event_id, stream_id, version, event_type, schema_version, data, metadata, recorded_at"
+            f" FROM {EVENT_TABLE} WHERE position > {self.mark} AND event_type IN ({types})"
+            f" ORDER BY position LIMIT {self.mark}"
+        )
+        after, read = 0, 0
+        while rows := self.conn.execute(sql, (after, *event_types, batch_size)).fetchall():
+            after, read = rows[-1][0], read + len(rows)
+        return read
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 @contextmanager
 def _scratch_tables(bench: Bench) -> Iterator[None]:
     drop = f"DROP TABLE IF EXISTS {SCRATCH_EVENTS}, {SCRATCH_STREAMS}"
@@ -708,8 +849,8 @@ class Command(BaseCommand):
         for name, ratio in ratios.items():
             self.stdout.write(f"{name}: {ratio:.2f}")
         if options["json"]:
-            document = {name: {"value": round(value, 1), "unit": unit} for name, (value, unit) in results.items()}
-            document.update({name: round(ratio, 3) for name, ratio in ratios.items()})
+            document = {name: {"value": float(f"{value:.5g}"), "unit": unit} for name, (value, unit) in results.items()}
+            document.update({name: float(f"{ratio:.4g}") for name, ratio in ratios.items()})
             Path(options["json"]).write_text(json.dumps(document, indent=2) + "\n")
 
     def _figure_names(self, options: dict[str, Any]) -> list[str]:
