@@ -7,6 +7,7 @@ to PostgreSQL and a real Celery broker.
 
 import secrets
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 
@@ -131,6 +132,25 @@ CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or "memory://localh
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# The queue tasks go to (and workers consume by default): one per deployment sharing a broker.
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_TASK_DEFAULT_QUEUE", default="celery")
+
+
+def _default_cache_url(broker_url: str) -> str:
+    """Every process (web, writers, workers) must share the cache once tasks go through a broker.
+
+    The async projections' "a run is queued" marks live there: a per-process
+    cache would swallow the nudges of every append after a process's first.
+    A Redis broker lends its server, one database up, so `cache.clear()`
+    cannot flush the queues. Other brokers: set CACHE_URL.
+    """
+    parts = urlsplit(broker_url)
+    if parts.scheme not in ("redis", "rediss"):
+        return "locmemcache://"
+    return parts._replace(path=f"/{int(parts.path.strip('/') or 0) + 1}").geturl()
+
+
+CACHES = {"default": env.cache_url("CACHE_URL", default=_default_cache_url(env.str("CELERY_BROKER_URL", default="")))}
 CELERY_BEAT_SCHEDULE = {
     "cleanup-idempotency-records": {"task": "eventsourcing_app.cleanup_idempotency_records", "schedule": 3600.0},
 }
@@ -138,6 +158,10 @@ CELERY_BEAT_SCHEDULE = {
 EVENTSOURCING = {
     "SNAPSHOT_EVERY": {"Order": 50},
     "COMMAND_THROTTLE_RATE": env.str("COMMAND_THROTTLE_RATE", default="") or None,
+    "BENCHMARK_PROJECTION": "order_summary",
+    "BENCHMARK_EVENTS": "project.shop.benchmarking.order_events",
+    # How soon another worker takes over the projection of a worker that died.
+    "PROJECTION_LEASE_SECONDS": env.int("PROJECTION_LEASE_SECONDS", default=30),
 }
 
 REST_FRAMEWORK = {
