@@ -8,7 +8,7 @@ from celery import shared_task
 from django.core.cache import cache as django_cache
 
 from .conf import es_settings
-from .models import Checkpoint, IdempotencyRecord
+from .models import Checkpoint, CheckpointStatus, IdempotencyRecord
 from .projections import ASYNC, ProjectionRunner, projection_registry
 from .projections.hooks import enqueue_projection, pending_key
 
@@ -36,7 +36,15 @@ def run_projection(name: str) -> int:
         return 0
     runner = ProjectionRunner(projection)
     passed = runner.run(seconds=es_settings.PROJECTION_TASK_SECONDS)
-    if passed and runner.store.head_position() > Checkpoint.objects.get(name=name).position:
+    # Look again after the release: a run nudged while we held the lease found it taken and left the
+    # events to us, though we may have read the head before they committed. Out of time, or free and
+    # behind: queue a continuation. Held by another worker: that worker will look after its release.
+    checkpoint = Checkpoint.objects.get(name=name)
+    if (
+        checkpoint.status == CheckpointStatus.RUNNING
+        and not checkpoint.lease_owner
+        and runner.store.head_position() > checkpoint.position
+    ):
         enqueue_projection(name)
     return passed
 

@@ -152,8 +152,14 @@ def _default_cache_url(broker_url: str) -> str:
 
 CACHES = {"default": env.cache_url("CACHE_URL", default=_default_cache_url(env.str("CELERY_BROKER_URL", default="")))}
 CELERY_BEAT_SCHEDULE = {
+    # The safety net under the on-commit nudges: a lost nudge or a dead worker's projection waits at most this.
+    "poll-projections": {"task": "eventsourcing_app.poll_projections", "schedule": 10.0},
     "cleanup-idempotency-records": {"task": "eventsourcing_app.cleanup_idempotency_records", "schedule": 3600.0},
 }
+# A task stuck past this is killed (prefork pool) and, acks_late + reject_on_worker_lost, redelivered.
+# No soft limit on run_projection: its SoftTimeLimitExceeded would look like a poison event.
+CELERY_TASK_TIME_LIMIT = 300
+CELERY_TASK_ANNOTATIONS = {"eventsourcing_app.run_projection": {"time_limit": 120}}
 
 EVENTSOURCING = {
     "SNAPSHOT_EVERY": {"Order": 50},
