@@ -62,6 +62,8 @@ DEFAULTS: dict[str, Any] = {
     "COMMAND_THROTTLE_RATE": None,
     # Events an async projection applies per transaction.
     "PROJECTION_BATCH_SIZE": 500,
+    # Events per transaction when a projection is rebuilt (larger: fewer round trips per event).
+    "PROJECTION_REBUILD_BATCH_SIZE": 2000,
     # Seconds a worker's lease on a projection lasts without renewal (a dead worker's is taken over after it).
     "PROJECTION_LEASE_SECONDS": 30,
     # Seconds one Celery task keeps working on a projection before it hands over.

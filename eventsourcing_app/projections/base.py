@@ -83,7 +83,15 @@ class Projection:
             raise ValueError(f"{cls.__name__}.on_error must be stop or skip, not {cls.on_error!r}.")
 
     def wants(self, event_type: str, category: str | None = None) -> bool:
-        """Whether an event of this type (and category) is for this projection."""
+        """Whether an event of this type (and category) is for this projection (memoised: asked per event)."""
+        key = (event_type, category)
+        wanted = self.__dict__.setdefault("_wanted", {}).get(key)
+        if wanted is None:
+            wanted = self._matches(event_type, category)
+            self._wanted[key] = wanted
+        return wanted
+
+    def _matches(self, event_type: str, category: str | None) -> bool:
         # Categories may be globs too, as the store's log reads take them.
         if (
             self.categories

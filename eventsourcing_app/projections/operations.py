@@ -10,6 +10,7 @@ from django.db import connections, transaction
 from django.db.models import Count
 from django.utils import timezone
 
+from ..conf import es_settings
 from ..models import Checkpoint, CheckpointStatus, ProjectionDeadLetter
 from ..store import EventStore
 from .base import ASYNC, Projection
@@ -125,6 +126,7 @@ def rebuild(
     """
     store = store or EventStore()
     projection = projection_registry.lookup(name)
+    batch_size = batch_size or es_settings.PROJECTION_REBUILD_BATCH_SIZE
     runner = ProjectionRunner(projection, owner=f"rebuild:{worker_id()}", store=store, batch_size=batch_size)
     runner.statuses = (CheckpointStatus.REBUILDING,)
     Checkpoint.objects.using(store.using).get_or_create(name=name)

@@ -27,7 +27,10 @@ class Command(EventSourcingCommand):
         parser.add_argument("names", nargs="*", metavar="NAME", help="Projections to rebuild.")
         parser.add_argument("--all", action="store_true", help="Rebuild every async projection.")
         parser.add_argument(
-            "--batch-size", type=int, default=None, help="Events per transaction (default: the projection's)."
+            "--batch-size",
+            type=int,
+            default=None,
+            help="Events per transaction (default: PROJECTION_REBUILD_BATCH_SIZE, 2000).",
         )
         parser.add_argument(
             "--yes",
