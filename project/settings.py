@@ -102,6 +102,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # A query running longer than this is cancelled: with COMMAND_TIMEOUT, the hard limit of a command.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("options", "-c statement_timeout=60s")
+    # Keep connections across requests (Django's default, 0, opens one per request: a few ms each).
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
