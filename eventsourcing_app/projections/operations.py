@@ -96,15 +96,16 @@ def retry_dead_letters(name: str, store: EventStore | None = None) -> tuple[int,
     store = store or EventStore()
     projection = projection_registry.lookup(name)
     applied = failing = 0
-    for letter in ProjectionDeadLetter.objects.filter(projection=name, retried_at__isnull=True):
+    letters = ProjectionDeadLetter.objects.using(store.using)
+    for letter in letters.filter(projection=name, retried_at__isnull=True):
         (event,) = store.read_all(after=letter.position - 1, limit=1)
         try:
             with transaction.atomic(using=store.using):
                 projection.handle_batch([event])
-                ProjectionDeadLetter.objects.filter(pk=letter.pk).update(retried_at=timezone.now())
+                letters.filter(pk=letter.pk).update(retried_at=timezone.now())
             applied += 1
         except Exception as exc:
-            ProjectionDeadLetter.objects.filter(pk=letter.pk).update(error=repr(exc)[:4000])
+            letters.filter(pk=letter.pk).update(error=repr(exc)[:4000])
             failing += 1
     return applied, failing
 

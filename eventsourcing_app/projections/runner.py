@@ -144,7 +144,10 @@ class ProjectionRunner:
                 if self.projection.on_error != SKIP:
                     self._fail(event, exc)
                     return None
-                self._dead_letter(position, event, exc)
+                try:
+                    self._dead_letter(position, event, exc)
+                except LeaseLostError:
+                    return None
             position = event.position
         try:
             self._apply(position, [], end)
@@ -155,6 +158,7 @@ class ProjectionRunner:
     def _dead_letter(self, position: int, event: RecordedEvent, error: Exception) -> None:
         logger.error("projection=%s skipped event position=%s: %r", self.name, event.position, error)
         with transaction.atomic(using=self.using):
+            self._advance(position, event.position)  # first: only the lease holder records the dead letter
             ProjectionDeadLetter.objects.using(self.using).create(
                 projection=self.name,
                 position=event.position,
@@ -162,7 +166,6 @@ class ProjectionRunner:
                 event_type=event.event_type,
                 error=_describe(error),
             )
-            self._advance(position, event.position)
 
     def _fail(self, event: RecordedEvent, error: Exception) -> None:
         logger.error("projection=%s stopped at position=%s: %r", self.name, event.position, error)
