@@ -567,7 +567,9 @@ class TestRebuild:
 
 
 # ------------------------------------------------------------------ concurrency
-def _runner_loop(owner: str, writers_done: threading.Event, batches: dict[str, int]) -> None:
+def _runner_loop(
+    owner: str, writers_done: threading.Event, batches: dict[str, int], handed_over: threading.Event
+) -> None:
     """Take turns at the ledger (short runs, lease released in between) until the writers are done and it caught up."""
     rng = random.Random(owner)
     store = EventStore()
@@ -586,6 +588,12 @@ def _runner_loop(owner: str, writers_done: threading.Event, batches: dict[str, i
         runner.run(seconds=rng.uniform(0.01, 0.15))
         if finished and checkpoint("ledger").position == store.head_position():
             return
+        if batches[owner] and not all(batches.values()):
+            # Hand over: once this runner has applied batches, it waits (lease released)
+            # until the other has applied some too, so the lease really changes hands.
+            handed_over.wait(timeout=5)
+        if all(batches.values()):
+            handed_over.set()
         time.sleep(rng.uniform(0.001, 0.03))
     raise AssertionError(f"{owner} did not see the ledger catch up within {WAIT_SECONDS} s")
 
@@ -610,8 +618,11 @@ def test_two_runners_and_four_writer_processes_apply_every_event_exactly_once(
     ]
     writers_done = threading.Event()
     batches = {"runner-a": 0, "runner-b": 0}
+    handed_over = threading.Event()
     with killed_on_exit(writers):
-        runners = [in_thread(lambda owner=owner: _runner_loop(owner, writers_done, batches)) for owner in batches]
+        runners = [
+            in_thread(lambda owner=owner: _runner_loop(owner, writers_done, batches, handed_over)) for owner in batches
+        ]
         release(tmp_path, writers)
         results = results_of(writers, timeout=WAIT_SECONDS)
     writers_done.set()
