@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 from prometheus_client import Counter, Histogram
 
 from ..base import Command, CommandContext, CommandResult
-from . import Middleware, Next
-from .log import outcome_of
+from . import Middleware, Next, measured
 
 COMMANDS = Counter(
     "eventsourcing_commands_total", "Commands dispatched, by command type and outcome.", ["command_type", "outcome"]
@@ -23,13 +20,8 @@ DURATION = Histogram(
 
 class MetricsMiddleware(Middleware):
     def __call__(self, command: Command, context: CommandContext, next_: Next) -> CommandResult:
-        started = time.perf_counter()
-        error: BaseException | None = None
-        try:
-            return next_(command, context)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            DURATION.labels(command.command_type).observe(time.perf_counter() - started)
-            COMMANDS.labels(command.command_type, outcome_of(error)).inc()
+        def observe(outcome: str, seconds: float) -> None:
+            DURATION.labels(command.command_type).observe(seconds)
+            COMMANDS.labels(command.command_type, outcome).inc()
+
+        return measured(command, context, next_, observe)
