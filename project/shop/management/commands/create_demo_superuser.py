@@ -24,6 +24,6 @@ class Command(BaseCommand):
         user_model.objects.create_superuser(username=username, email="", password=password)
         self.stdout.write(
             self.style.SUCCESS(
-                f"Demo superuser created. Log in at http://127.0.0.1:8000/admin/ as {username} / {password}"
+                f"Demo superuser created. Log in at /admin/ as {username} / {password}"
             )
         )
