@@ -22,8 +22,4 @@ class Command(BaseCommand):
             return
         password = secrets.token_urlsafe(12)
         user_model.objects.create_superuser(username=username, email="", password=password)
-        self.stdout.write(
-            self.style.SUCCESS(
-                f"Demo superuser created. Log in at /admin/ as {username} / {password}"
-            )
-        )
+        self.stdout.write(self.style.SUCCESS(f"Demo superuser created. Log in at /admin/ as {username} / {password}"))
