@@ -108,10 +108,12 @@ class Projection:
             handler(self, event)
 
     def handle_batch(self, events: list[RecordedEvent]) -> None:
-        """Apply a batch in one transaction. Override to bulk-write; the default applies each event."""
+        """Apply a batch (events this projection wants) in one transaction.
+
+        Override to bulk-write; the default applies each event.
+        """
         for event in events:
-            if self.wants(event.event_type, event.category):
-                self.handle(event)
+            self.handle(event)
 
     def clear(self) -> None:
         """Empty the read model before a rebuild. Projections that can be rebuilt override it."""

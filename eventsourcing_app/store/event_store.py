@@ -97,10 +97,9 @@ class EventStore:
             if connection.needs_rollback or (connection.in_atomic_block and connection.vendor == "postgresql"):
                 raise ConcurrencyError(stream_id, expected_version, None) from None
             recorded = None
-        if recorded is not None:
-            self._after_commit(recorded)
         if recorded is None:
             return self._resolve_refused(stream_id, new_events, expected_version)
+        self._after_commit(recorded)
         return AppendResult(stream_id=stream_id, version=recorded[-1].version, events=recorded)
 
     def _after_commit(self, recorded: list[RecordedEvent]) -> None:
@@ -108,8 +107,9 @@ class EventStore:
 
         `robust`: a failing hook is logged and cannot undo or fail an append that committed.
         """
+        event_types = {event.event_type for event in recorded}
         for hook in es_settings.COMMIT_HOOKS:
-            if _wants(hook, {event.event_type for event in recorded}):
+            if _wants(hook, event_types):
                 callback = partial(hook, recorded)
                 # Django names a failing robust callback by its __qualname__, which a partial lacks.
                 callback.__qualname__ = getattr(hook, "__qualname__", type(hook).__qualname__)  # type: ignore[attr-defined]
@@ -204,7 +204,7 @@ class EventStore:
         self, stream_id: str, new_events: list[NewEvent], expected_version: ExpectedVersion
     ) -> AppendResult:
         """Tell an idempotent retry (return the stored result) from a conflict or a reused id (raise)."""
-        stored = self._select("event_id IN ({})", [event.event_id for event in new_events], in_params=True)
+        stored = self._events_with_ids([event.event_id for event in new_events])
         if (result := _same_append(stream_id, new_events, stored)) is not None:
             return result
         if stored:
@@ -360,12 +360,13 @@ class EventStore:
             raise StreamNotFoundError(stream_id)
         return StreamInfo(row[0], row[1], row[2], self._datetime(row[3]), self._datetime(row[4]))
 
-    def _select(self, where: str, values: list[Any], *, in_params: bool = False) -> list[RecordedEvent]:
-        connection = connections[self.using]
-        if connection.vendor != "postgresql":
-            values = [v.hex if isinstance(v, uuid.UUID) else v for v in values]
-        where = where.format(", ".join(["%s"] * len(values))) if in_params else where
-        return self._fetch(f"SELECT {EVENT_COLUMNS} FROM {EVENT_TABLE} WHERE {where} ORDER BY position", values)
+    def _events_with_ids(self, event_ids: list[uuid.UUID]) -> list[RecordedEvent]:
+        native_uuid = connections[self.using].features.has_native_uuid_field
+        values = [event_id if native_uuid else event_id.hex for event_id in event_ids]
+        marks = ", ".join(["%s"] * len(values))
+        return self._fetch(
+            f"SELECT {EVENT_COLUMNS} FROM {EVENT_TABLE} WHERE event_id IN ({marks}) ORDER BY position", values
+        )
 
     def _fetch(self, sql: str, params: list[Any]) -> list[RecordedEvent]:
         with connections[self.using].cursor() as cursor:
