@@ -31,8 +31,11 @@ class Repository(Generic[A]):
         Raises:
             StreamNotFoundError: the aggregate has no events.
         """
-        aggregate = self._from_snapshot(aggregate_id)
-        events = self.store.read_stream(aggregate.stream_id, from_version=aggregate.version + 1)
+        if snapshot_interval(self.aggregate_class):
+            aggregate, events = self.snapshots.load_with_tail(self.aggregate_class, aggregate_id, self.store)
+        else:
+            aggregate = self.aggregate_class(aggregate_id)
+            events = self.store.read_stream(aggregate.stream_id)
         if not events and aggregate.version == 0:
             raise StreamNotFoundError(aggregate.stream_id)
         for event in events:
@@ -74,10 +77,3 @@ class Repository(Generic[A]):
         if every and result.version // every > loaded_version // every:
             self.snapshots.save(aggregate)
         return result
-
-    def _from_snapshot(self, aggregate_id: Any) -> A:
-        if snapshot_interval(self.aggregate_class):
-            aggregate = self.snapshots.load(self.aggregate_class, aggregate_id)
-            if aggregate is not None:
-                return aggregate
-        return self.aggregate_class(aggregate_id)

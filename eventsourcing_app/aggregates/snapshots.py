@@ -10,6 +10,8 @@ from django.db import connections
 from django.utils import timezone
 
 from ..conf import es_settings
+from ..store import EventStore
+from ..store.statements import EVENT_COLUMNS, EVENT_TABLE
 from .base import Aggregate
 
 A = TypeVar("A", bound=Aggregate)
@@ -55,23 +57,35 @@ class SnapshotStore:
                 ],
             )
 
-    def load(self, aggregate_class: type[A], aggregate_id: Any) -> A | None:
-        """The aggregate as of its snapshot, or None if there is none usable.
+    def load_with_tail(self, aggregate_class: type[A], aggregate_id: Any, store: EventStore) -> tuple[A, list]:
+        """The aggregate as of its snapshot (or new) and the stream's events after it, in one query.
 
-        A snapshot taken by another class (renamed or replaced) or whose state no
-        longer fits the class is ignored: the aggregate is then replayed in full.
+        The snapshot row rides along the tail in a UNION ALL (its position is NULL and its version
+        below every tail event's), so a load costs one round trip with or without a snapshot.
         """
         stream_id = f"{aggregate_class.category}-{aggregate_id}"
+        type_name = aggregate_type_name(aggregate_class)
+        snapshot = f"FROM {SNAPSHOT_TABLE} WHERE stream_id = %s AND aggregate_type = %s"
+        sql = (
+            f"SELECT {EVENT_COLUMNS} FROM {EVENT_TABLE} WHERE stream_id = %s"
+            f" AND version > COALESCE((SELECT version {snapshot}), 0)"
+            f" UNION ALL SELECT NULL, NULL, NULL, version, NULL, NULL, state, NULL, NULL {snapshot} ORDER BY 4"
+        )
         with connections[self.using].cursor() as cursor:
-            cursor.execute(
-                f"SELECT aggregate_type, version, state FROM {SNAPSHOT_TABLE} WHERE stream_id = %s", [stream_id]
-            )
-            row = cursor.fetchone()
-        if row is None or row[0] != aggregate_type_name(aggregate_class):
-            return None
-        state = row[2] if isinstance(row[2], dict) else msgspec.json.decode(row[2])
+            cursor.execute(sql, [stream_id, stream_id, type_name, stream_id, type_name])
+            rows = cursor.fetchall()
+        if rows and rows[0][0] is None:
+            aggregate = self._rebuild(aggregate_class, aggregate_id, rows[0][3], rows[0][6])
+            if aggregate is not None:
+                return aggregate, [store.record(row) for row in rows[1:]]
+            return aggregate_class(aggregate_id), store.read_stream(stream_id)
+        return aggregate_class(aggregate_id), [store.record(row) for row in rows]
+
+    @staticmethod
+    def _rebuild(aggregate_class: type[A], aggregate_id: Any, version: int, state: Any) -> A | None:
+        state = state if isinstance(state, dict) else msgspec.json.decode(state)
         try:
-            return aggregate_class.from_snapshot(aggregate_id, row[1], state)  # type: ignore[return-value]
+            return aggregate_class.from_snapshot(aggregate_id, version, state)  # type: ignore[return-value]
         except (msgspec.ValidationError, TypeError, ValueError) as exc:
-            logger.warning("Ignoring the snapshot of %s: %s", stream_id, exc)
+            logger.warning("Ignoring the snapshot of %s-%s: %s", aggregate_class.category, aggregate_id, exc)
             return None

@@ -372,9 +372,10 @@ class EventStore:
         with connections[self.using].cursor() as cursor:
             cursor.execute(sql, params)
             rows = cursor.fetchall()
-        return [self._record(row) for row in rows]
+        return [self.record(row) for row in rows]
 
-    def _record(self, row: tuple) -> RecordedEvent:
+    def record(self, row: tuple) -> RecordedEvent:
+        """A RecordedEvent from a row of EVENT_COLUMNS (for queries that read events beside other rows)."""
         position, event_id, stream_id, version, event_type, schema_version, data, metadata, recorded_at = row
         metadata = decode_metadata(metadata)
         schema_version, payload = decode_data(event_type, schema_version, data, metadata)

@@ -1,8 +1,9 @@
 """Idempotency-Key: a replay returns the stored result and appends nothing.
 
 This middleware runs inside the command's transaction. It inserts the key's
-record before the handler runs and completes it with the result before
-COMMIT. A concurrent duplicate therefore waits, on the record's unique index
+record before the handler runs (INSERT … ON CONFLICT DO NOTHING: one round
+trip, no savepoint) and completes it with the result before COMMIT. A
+concurrent duplicate therefore waits, on the record's unique index
 (PostgreSQL) or on the write lock (SQLite), until the first commits, and then
 finds the stored result and replays it. If the first is still running when the
 command's time limit ends the wait, the duplicate gets IdempotencyInProgressError.
@@ -14,7 +15,7 @@ import hashlib
 import json
 from datetime import timedelta
 
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connections
 from django.utils import timezone
 
 from ...conf import es_settings
@@ -42,33 +43,45 @@ class IdempotencyMiddleware(Middleware):
         if not context.idempotency_key:
             return next_(command, context)
         fingerprint = request_hash(command)
-        records = IdempotencyRecord.objects.using(context.store.using).filter(
-            scope=scope_of(context), key=context.idempotency_key
-        )
-        stored = self._replay(records, command, fingerprint)
-        if stored is not None:
-            return stored
-        now = timezone.now()
-        try:
-            with transaction.atomic(using=context.store.using):
-                record = records.create(
-                    scope=scope_of(context),
-                    key=context.idempotency_key,
-                    command_type=command.command_type,
-                    request_hash=fingerprint,
-                    created_at=now,
-                    expires_at=now + timedelta(seconds=es_settings.IDEMPOTENCY_TTL),
-                )
-        except DatabaseError:
-            # A duplicate inserted the key first (we waited for it to commit), or the wait timed out.
+        scope, using = scope_of(context), context.store.using
+        records = IdempotencyRecord.objects.using(using).filter(scope=scope, key=context.idempotency_key)
+        record_id = self._claim(scope, context.idempotency_key, command, fingerprint, using)
+        if record_id is None:
             stored = self._replay(records, command, fingerprint)
-            if stored is None:
-                raise IdempotencyInProgressError() from None
-            return stored
+            if stored is not None:
+                return stored
+            # The stored record had expired and is gone: the key is free again.
+            record_id = self._claim(scope, context.idempotency_key, command, fingerprint, using)
+            if record_id is None:
+                raise IdempotencyInProgressError()
         result = next_(command, context)
-        record.response = result.to_dict()
-        record.save(update_fields=["response"])
+        records.filter(pk=record_id).update(response=result.to_dict())
         return result
+
+    def _claim(self, scope: str, key: str, command: Command, fingerprint: str, using: str) -> int | None:
+        """Insert the key's record; its id, or None when the key is taken (by a committed command).
+
+        One statement: on PostgreSQL a concurrent duplicate's INSERT waits for the first
+        command's transaction (SQLite's write lock makes it wait before), then finds the
+        key taken and replays the stored result.
+        """
+        connection = connections[using]
+        now = timezone.now()
+        expires = now + timedelta(seconds=es_settings.IDEMPOTENCY_TTL)
+        adapt = connection.ops.adapt_datetimefield_value
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"INSERT INTO {IdempotencyRecord._meta.db_table}"
+                    " (scope, key, command_type, request_hash, created_at, expires_at)"
+                    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (scope, key) DO NOTHING RETURNING id",
+                    [scope, key, command.command_type, fingerprint, adapt(now), adapt(expires)],
+                )
+                row = cursor.fetchone()
+        except DatabaseError as exc:
+            # The wait for a duplicate outlasted the statement's time limit: it is still running.
+            raise IdempotencyInProgressError() from exc
+        return None if row is None else row[0]
 
     def _replay(self, records, command: Command, fingerprint: str) -> CommandResult | None:
         """The stored result for this key, if a live one exists; an expired one is removed."""
