@@ -17,8 +17,11 @@ class EventsourcingSimpleConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+        from .outbox.capture import connect_capture
 
         post_migrate.connect(create_command_permissions, sender=self)
+        # Settings-driven, not discovery: both configs capture the models OUTBOX_CAPTURE_MODELS lists.
+        connect_capture()
 
 
 class EventsourcingConfig(EventsourcingSimpleConfig):
@@ -32,9 +35,11 @@ class EventsourcingConfig(EventsourcingSimpleConfig):
 
         from .commands import command_registry
         from .projections import projection_registry
+        from .sagas import saga_registry
 
         autodiscover_modules("commands", register_to=command_registry)
         autodiscover_modules("projections", register_to=projection_registry)
+        autodiscover_modules("sagas", register_to=saga_registry)
 
 
 def create_command_permissions(using: str = "default", **kwargs: Any) -> None:

@@ -34,6 +34,34 @@ def eventsourcing_settings_check(app_configs: Any = None, **kwargs: Any) -> list
     return errors
 
 
+# Outbox settings that must be numbers, with the smallest value each accepts.
+OUTBOX_NUMBERS = {
+    "OUTBOX_BATCH_SIZE": 1,
+    "OUTBOX_MAX_ATTEMPTS": 1,
+    "OUTBOX_RETRY_BASE_DELAY": 0,
+    "OUTBOX_RETRY_MAX_DELAY": 0,
+    "OUTBOX_LEASE_SECONDS": 0.001,
+    "OUTBOX_TASK_SECONDS": 0,
+    "OUTBOX_RETENTION_SECONDS": 0,
+}
+
+
+@register()
+def outbox_check(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """OUTBOX_DESTINATIONS and OUTBOX_ROUTES: unknown destinations, bad import strings, bad shapes; and numbers."""
+    user = getattr(settings, "EVENTSOURCING", {}) or {}
+    if not isinstance(user, dict):
+        return []  # reported by eventsourcing_settings_check
+    from .outbox.routes import configuration_problems
+
+    errors = [Error(problem, id="eventsourcing_app.E004") for problem in configuration_problems()]
+    for key, minimum in OUTBOX_NUMBERS.items():
+        value = user.get(key, DEFAULTS[key])
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+            errors.append(Error(f"EVENTSOURCING[{key!r}] must be a number >= {minimum}.", id="eventsourcing_app.E003"))
+    return errors
+
+
 def _check_middleware(entries: Any) -> list[Error]:
     """Each COMMAND_MIDDLEWARE entry is an import string or {"class": ..., "commands": [...], "options": {...}}."""
     if not isinstance(entries, list | tuple):

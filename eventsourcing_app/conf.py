@@ -20,11 +20,16 @@ DEFAULTS: dict[str, Any] = {
     "SNAPSHOT_EVERY": {},
     # Callables `hook(recorded_events)` run inside the append's transaction, after the insert
     # (inline projections, outbox rows). A hook may have `wants(event_types) -> bool`.
-    "APPEND_HOOKS": ["eventsourcing_app.projections.hooks.apply_inline_projections"],
+    "APPEND_HOOKS": [
+        "eventsourcing_app.projections.hooks.apply_inline_projections",
+        "eventsourcing_app.outbox.hooks.write_outbox_messages",
+    ],
     # Callables `hook(recorded_events)` run once the append has committed (nudges, live projections).
     "COMMIT_HOOKS": [
         "eventsourcing_app.projections.hooks.notify_live_projections",
         "eventsourcing_app.projections.hooks.nudge_async_projections",
+        "eventsourcing_app.outbox.hooks.nudge_outbox_processor",
+        "eventsourcing_app.sagas.hooks.nudge_sagas",
     ],
     # Object with encrypt(event_type, data, metadata) and decrypt(...) applied to event data.
     "FIELD_CIPHER": None,
@@ -70,15 +75,55 @@ DEFAULTS: dict[str, Any] = {
     "PROJECTION_TASK_SECONDS": 20,
     # Attempts at a batch that hits a transient database error, with exponential backoff.
     "PROJECTION_RETRIES": 5,
+    # Events a saga manager handles per transaction (its commands commit with its checkpoint).
+    "SAGA_BATCH_SIZE": 50,
+    # Attempts at a failing compensating command before the saga is marked compensation_failed.
+    "SAGA_COMPENSATION_ATTEMPTS": 3,
+    # First pause (s) between those attempts; it doubles each time (capped at 2 s).
+    "SAGA_COMPENSATION_BACKOFF": 0.05,
+    # Seconds one Celery task keeps running a saga before it hands over.
+    "SAGA_TASK_SECONDS": 20,
     # manage.py benchmark's catchup/rebuild: the projection measured, and a function
     # count -> iterable of (stream_id, [events]) making about `count` events it wants.
     "BENCHMARK_PROJECTION": None,
     "BENCHMARK_EVENTS": None,
+    # manage.py benchmark's saga figures: a class with prepare(count, tag), start(tag, index) -> id
+    # and finished(ids) -> {id: final status} (see docs/benchmarks.md).
+    "BENCHMARK_SAGA": None,
+    # Ordinary models whose creates/updates/deletes are recorded as events: "app_label.ModelName"
+    # or {"model": ..., "fields": [...] or None, "exclude": [...]}.
+    "OUTBOX_CAPTURE_MODELS": [],
+    # Where outbox messages go: {name: {"PUBLISHER": import string, "OPTIONS": {...kwargs of its __init__}}}.
+    "OUTBOX_DESTINATIONS": {},
+    # Which events go where: [{"events": [types or globs], "destination": name,
+    # "filter": import string or None, "transform": import string or None}].
+    "OUTBOX_ROUTES": [],
+    # Messages one processor claims, publishes and records per batch.
+    "OUTBOX_BATCH_SIZE": 500,
+    # Delivery attempts before a message becomes a dead letter.
+    "OUTBOX_MAX_ATTEMPTS": 10,
+    # Seconds before the first retry (doubled per attempt, with jitter), and the longest wait.
+    "OUTBOX_RETRY_BASE_DELAY": 1.0,
+    "OUTBOX_RETRY_MAX_DELAY": 300.0,
+    # Seconds a claimed batch stays leased to its processor (a dead processor's messages are retaken after it).
+    "OUTBOX_LEASE_SECONDS": 30,
+    # Seconds one process_outbox Celery task keeps working before it hands over.
+    "OUTBOX_TASK_SECONDS": 20,
+    # Seconds delivered messages are kept before the cleanup_outbox task deletes them.
+    "OUTBOX_RETENTION_SECONDS": 7 * 24 * 3600,
 }
 
 # Keys whose values are import strings (or lists of them), resolved on first access.
 IMPORT_STRINGS = frozenset(
-    {"APPEND_HOOKS", "COMMIT_HOOKS", "FIELD_CIPHER", "UPCASTER", "TENANT_RESOLVER", "BENCHMARK_EVENTS"}
+    {
+        "APPEND_HOOKS",
+        "COMMIT_HOOKS",
+        "FIELD_CIPHER",
+        "UPCASTER",
+        "TENANT_RESOLVER",
+        "BENCHMARK_EVENTS",
+        "BENCHMARK_SAGA",
+    }
 )
 
 

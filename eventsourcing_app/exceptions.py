@@ -167,3 +167,24 @@ class LeaseLostError(EventSourcingError):
 
     code = "lease_lost"
     default_detail = "The lease on this projection is held by another worker."
+
+
+class PublishError(EventSourcingError):
+    """An outbox publisher could not deliver a message: it is retried with backoff, then dead-lettered."""
+
+    code = "publish_failed"
+    default_detail = "The message could not be published."
+
+
+class OutboxConfigurationError(EventSourcingError):
+    """OUTBOX_ROUTES or OUTBOX_DESTINATIONS is wrong: an unknown destination, a bad import string or value."""
+
+    code = "outbox_misconfigured"
+    default_detail = "The outbox is misconfigured."
+
+
+class OutboxWriteError(EventSourcingError):
+    """The outbox rows of an append could not be written: the append is rolled back with them."""
+
+    code = "outbox_write_failed"
+    default_detail = "The outbox messages of these events could not be written."

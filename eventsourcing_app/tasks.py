@@ -9,8 +9,11 @@ from django.core.cache import cache as django_cache
 
 from .conf import es_settings
 from .models import Checkpoint, CheckpointStatus, IdempotencyRecord
+from .outbox.tasks import cleanup_outbox, process_outbox  # noqa: F401  (registers the outbox tasks)
 from .projections import ASYNC, ProjectionRunner, projection_registry
 from .projections.hooks import enqueue_projection, pending_key
+from .sagas import SagaManager, saga_registry
+from .sagas import hooks as saga_hooks
 
 logger = logging.getLogger("eventsourcing_app.projections")
 
@@ -54,3 +57,51 @@ def poll_projections() -> None:
     """Beat's safety net: queue a run of every async projection, in case a nudge was lost."""
     for projection in projection_registry.of_kind(ASYNC):
         enqueue_projection(projection.name)
+
+
+@shared_task(name="eventsourcing_app.run_saga", ignore_result=True)
+def run_saga(name: str) -> int:
+    """Move one saga's instances on from its checkpoint (for up to SAGA_TASK_SECONDS), then hand over.
+
+    Nudged after each commit that appends events the saga handles (its own commands' events
+    included), and by the beat poll; like run_projection, it re-queues itself when work is left.
+    """
+    django_cache.delete(saga_hooks.pending_key(name))
+    if name not in saga_registry:
+        logger.warning("run_saga: unknown saga %r", name)
+        return 0
+    manager = saga_registry.manager(name)
+    runner = ProjectionRunner(manager)
+    passed = runner.run(seconds=es_settings.SAGA_TASK_SECONDS)
+    # Without beat (the embedded default), a deadline also fires the next time the saga runs.
+    _fire_timeouts(manager)
+    checkpoint = Checkpoint.objects.get(name=manager.name)
+    if (
+        checkpoint.status == CheckpointStatus.RUNNING
+        and not checkpoint.lease_owner
+        and runner.store.head_position() > checkpoint.position
+    ):
+        saga_hooks.enqueue_saga(name)
+    return passed
+
+
+@shared_task(name="eventsourcing_app.poll_sagas", ignore_result=True)
+def poll_sagas() -> None:
+    """Beat's safety net: queue a run of every saga, in case a nudge was lost."""
+    for name in saga_registry.names():
+        saga_hooks.enqueue_saga(name)
+
+
+@shared_task(name="eventsourcing_app.fire_saga_timeouts", ignore_result=True)
+def fire_saga_timeouts() -> int:
+    """Beat: instances past their deadline run their saga's on_timeout (by default they compensate)."""
+    return sum(_fire_timeouts(manager) for manager in saga_registry.managers())
+
+
+def _fire_timeouts(manager: SagaManager) -> int:
+    """One saga's due timeouts; a failing one is logged (and retried later) without stopping other sagas'."""
+    try:
+        return manager.fire_timeouts()
+    except Exception:
+        logger.exception("saga=%s: a timeout failed; it is tried again in a minute", manager.saga.name)
+        return 0

@@ -32,7 +32,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 from .models import CheckpointStatus
-from .projections import ProjectionRunner, ProjectionStatus, projection_registry, projection_statuses
+from .projections import ProjectionRunner, ProjectionStatus, projection_statuses
+from .projections.operations import runnable
 from .store import DomainEvent, EventStore, NewEvent, RecordedEvent
 
 __all__ = ["NotCaughtUpError", "captured_events", "given", "wait_until_caught_up"]
@@ -90,13 +91,15 @@ def captured_events(*, store: EventStore | None = None) -> Iterator[list[Recorde
     captured.extend(store.iter_all(after=head))
 
 
-def wait_until_caught_up(timeout: float = 30.0, *, run: bool = False) -> list[ProjectionStatus]:
-    """Block until every async projection has lag 0; returns their statuses.
+def wait_until_caught_up(timeout: float = 30.0, *, run: bool = False, sagas: bool = True) -> list[ProjectionStatus]:
+    """Block until every async projection (and saga) has lag 0; returns their statuses.
 
     Args:
         timeout: seconds to wait before giving up.
         run: apply the pending batches in this process (for tests without workers)
             instead of only watching the checkpoints.
+        sagas: wait for (or run) the sagas too. Leave them out when a test appends events by
+            hand that would start a saga it is not about.
 
     Raises:
         NotCaughtUpError: a projection failed (at once), or some are still behind
@@ -106,7 +109,7 @@ def wait_until_caught_up(timeout: float = 30.0, *, run: bool = False) -> list[Pr
     runners: dict[str, ProjectionRunner] = {}
     try:
         while True:
-            statuses = projection_statuses()
+            statuses = projection_statuses(sagas=sagas)
             _raise_if_failed(statuses)
             behind = [status for status in statuses if status.lag]
             if not behind:
@@ -135,7 +138,7 @@ def _run_batches(behind: list[ProjectionStatus], runners: dict[str, ProjectionRu
     for status in behind:
         runner = runners.get(status.name)
         if runner is None:
-            runner = runners[status.name] = ProjectionRunner(projection_registry.lookup(status.name))
+            runner = runners[status.name] = ProjectionRunner(runnable(status.name))
         progressed = bool(runner.run_batch()) or progressed
     return progressed
 

@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 
 import environ
 
+from project.shop.outbox import outbox_settings
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env(
@@ -157,20 +159,33 @@ CACHES = {"default": env.cache_url("CACHE_URL", default=_default_cache_url(env.s
 CELERY_BEAT_SCHEDULE = {
     # The safety net under the on-commit nudges: a lost nudge or a dead worker's projection waits at most this.
     "poll-projections": {"task": "eventsourcing_app.poll_projections", "schedule": 10.0},
+    "poll-sagas": {"task": "eventsourcing_app.poll_sagas", "schedule": 10.0},
+    "fire-saga-timeouts": {"task": "eventsourcing_app.fire_saga_timeouts", "schedule": 5.0},
     "cleanup-idempotency-records": {"task": "eventsourcing_app.cleanup_idempotency_records", "schedule": 3600.0},
+    # Outbox: retries whose backoff has passed and lost nudges are picked up within 10 s (a poll that waited
+    # longer than that in the queue is dropped: the next one does the same job); delivered rows are pruned hourly.
+    "process-outbox": {"task": "eventsourcing_app.process_outbox", "schedule": 10.0, "options": {"expires": 10.0}},
+    "cleanup-outbox": {"task": "eventsourcing_app.cleanup_outbox", "schedule": 3600.0},
 }
 # A task stuck past this is killed (prefork pool) and, acks_late + reject_on_worker_lost, redelivered.
 # No soft limit on run_projection: its SoftTimeLimitExceeded would look like a poison event.
 CELERY_TASK_TIME_LIMIT = 300
-CELERY_TASK_ANNOTATIONS = {"eventsourcing_app.run_projection": {"time_limit": 120}}
+CELERY_TASK_ANNOTATIONS = {
+    "eventsourcing_app.run_projection": {"time_limit": 120},
+    "eventsourcing_app.run_saga": {"time_limit": 120},
+}
 
 EVENTSOURCING = {
-    "SNAPSHOT_EVERY": {"Order": 50},
+    # A popular SKU collects a reservation per order: its Inventory loads from a recent snapshot.
+    "SNAPSHOT_EVERY": {"Order": 50, "Inventory": 20},
     "COMMAND_THROTTLE_RATE": env.str("COMMAND_THROTTLE_RATE", default="") or None,
     "BENCHMARK_PROJECTION": "order_summary",
     "BENCHMARK_EVENTS": "project.shop.benchmarking.order_events",
+    "BENCHMARK_SAGA": "project.shop.benchmarking.OrderFulfillmentWorkload",
     # How soon another worker takes over the projection of a worker that died.
     "PROJECTION_LEASE_SECONDS": env.int("PROJECTION_LEASE_SECONDS", default=30),
+    # Suppliers are an ordinary model: their creates, updates and deletes become shop.Supplier.* events.
+    "OUTBOX_CAPTURE_MODELS": ["shop.Supplier"],
 }
 
 REST_FRAMEWORK = {
@@ -197,8 +212,12 @@ SPECTACULAR_SETTINGS = {
 
 # The example shop: payments over this total are declined; confirmed/cancelled orders go to this webhook.
 SHOP_PAYMENT_LIMIT = env.str("SHOP_PAYMENT_LIMIT", default="1000.00")
+# Seconds the fulfilment saga waits for a payment decision before it cancels the order.
+SHOP_PAYMENT_TIMEOUT = env.float("SHOP_PAYMENT_TIMEOUT", default=300.0)
 SHOP_WEBHOOK_URL = env.str("SHOP_WEBHOOK_URL", default="")
 SHOP_WEBHOOK_SECRET = env.str("SHOP_WEBHOOK_SECRET", default="")
+# Confirmed and cancelled orders go to the shop.order_notification task, and to SHOP_WEBHOOK_URL when set.
+EVENTSOURCING.update(outbox_settings(webhook_url=SHOP_WEBHOOK_URL, webhook_secret=SHOP_WEBHOOK_SECRET))
 
 LOGGING = {
     "version": 1,
@@ -206,4 +225,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    # pika (the RabbitMQ outbox publisher) logs every connection step at INFO.
+    "loggers": {"pika": {"level": "WARNING"}},
 }

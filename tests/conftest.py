@@ -49,6 +49,15 @@ def stress_seconds(request: pytest.FixtureRequest) -> float:
 
 
 @pytest.fixture
+def without_sagas(settings) -> None:
+    """Appends do not nudge the sagas: for tests that drive the shop's saga steps by hand."""
+    from eventsourcing_app.conf import DEFAULTS
+
+    hooks = [hook for hook in DEFAULTS["COMMIT_HOOKS"] if not hook.startswith("eventsourcing_app.sagas.")]
+    settings.EVENTSOURCING = {**settings.EVENTSOURCING, "COMMIT_HOOKS": hooks}
+
+
+@pytest.fixture
 def event_store() -> EventStore:
     return EventStore()
 

@@ -222,7 +222,7 @@ def tenant_of(user) -> str:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_reservations_never_oversell() -> None:
+def test_concurrent_reservations_never_oversell(without_sagas) -> None:
     """Eight threads race to reserve from 3 units: the retry middleware and versions keep stock >= 0."""
     dispatch(AddStock(sku="SKU-RACE", quantity=3))
     orders = [

@@ -9,16 +9,25 @@ connections, no GIL), and threads too, each thread with its own connection.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from django.db import connection
+import pytest
+from django.db import connection, transaction
 
-from eventsourcing_app.store import EventStore
+from eventsourcing_app.store import DomainEvent, EventStore
 from tests.workers import killed_on_exit, release, results_of, write_with_expected_versions
+
+
+@dataclass(frozen=True)
+class Happened(DomainEvent, event_type="tests.concurrency.Happened"):
+    n: int
+
 
 WRITERS = 8
 ATTEMPTS = 40
@@ -73,3 +82,49 @@ def _assert_versions_are_unique_and_complete(
     assert all(actual is not None and actual > expected for expected, actual in conflicts), conflicts
     # The writers really raced: with every writer reading then appending, some must lose.
     assert conflicts, f"no conflicts on {connection.vendor}: the writers did not overlap"
+
+
+@pytest.mark.postgres
+def test_transactions_appending_to_two_streams_in_opposite_orders_do_not_deadlock(
+    transactional_db: None, event_store: EventStore
+) -> None:
+    """T1 appends to A then B, T2 to B then A, interleaved: both commit (no 'deadlock detected').
+
+    An append is one statement whose INSERT fires the gap-free trigger before its CTE locks the
+    stream's row, so every appender takes the lock first and the rows after: no cycle can form.
+    (Sagas and multi-aggregate commands rely on it.)
+    """
+    t1_has_a = threading.Event()
+    errors: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            with transaction.atomic():
+                event_store.append("Pair-a", [Happened(n=1)])
+                t1_has_a.set()
+                time.sleep(0.3)  # T2 is now waiting, holding nothing (it queued for the lock before B's row)
+                event_store.append("Pair-b", [Happened(n=2)])
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    def second() -> None:
+        try:
+            t1_has_a.wait(5)
+            with transaction.atomic():
+                event_store.append("Pair-b", [Happened(n=3)])
+                event_store.append("Pair-a", [Happened(n=4)])
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not errors, errors
+    assert [e.data.n for e in event_store.read_stream("Pair-a")] == [1, 4]
+    assert [e.data.n for e in event_store.read_stream("Pair-b")] == [2, 3]

@@ -385,7 +385,7 @@ class TestEventsourcingStatus:
 
         out, _ = run("eventsourcing_status")
 
-        lines = out.splitlines()
+        lines = out.split("\n\n")[0].splitlines()  # the first section: the projections
         assert lines[0] == "Async projections:"
         assert lines[1].split() == [
             "name",

@@ -43,7 +43,7 @@ class V1ToV2Upcaster:
 def test_defaults_are_used_when_nothing_is_set(settings) -> None:
     settings.EVENTSOURCING = {}
     assert es_settings.READ_BATCH_SIZE == DEFAULTS["READ_BATCH_SIZE"]
-    assert [hook.__name__ for hook in es_settings.APPEND_HOOKS] == ["apply_inline_projections"]
+    assert [hook.__name__ for hook in es_settings.APPEND_HOOKS] == ["apply_inline_projections", "write_outbox_messages"]
 
 
 def test_override_settings_reaches_cached_values() -> None:

@@ -250,4 +250,6 @@ def test_a_batch_costs_a_bounded_number_of_queries_not_one_per_event(name: str, 
         assert runner.run_batch()
     runner.release()
     assert OrderSummary.objects.filter(status="confirmed").count() == (30 if name == "order_summary" else 0)
-    assert InventoryLevel.objects.filter(available=5, reserved=1).count() == (60 if name == "inventory_levels" else 0)
+    # A cancellation releases the order's stock: confirmed orders' SKUs hold 1, cancelled ones' nothing.
+    assert InventoryLevel.objects.filter(available=5, reserved=1).count() == (30 if name == "inventory_levels" else 0)
+    assert InventoryLevel.objects.filter(available=6, reserved=0).count() == (30 if name == "inventory_levels" else 0)

@@ -83,7 +83,8 @@ class TestWaitUntilCaughtUp:
 
         statuses = wait_until_caught_up(run=True)
 
-        assert {status.name: status.lag for status in statuses} == {"inventory_levels": 0, "order_summary": 0}
+        lags = {status.name: status.lag for status in statuses}
+        assert lags == {"saga:OrderFulfillment": 0, "inventory_levels": 0, "order_summary": 0}
         assert InventoryLevel.objects.get(sku="A").available == 7
         assert set(Checkpoint.objects.values_list("lease_owner", flat=True)) == {""}  # leases released
 

@@ -21,6 +21,7 @@ from ..commands.middleware.tenant import tenant_of_user
 from ..conf import es_settings
 from ..exceptions import CommandPermissionError, CommandValidationError
 from ..models import Event, Stream
+from ..outbox import metrics as outbox_metrics  # noqa: F401  (registers the outbox's metrics before the first scrape)
 from ..projections import projection_statuses
 from . import problems
 from .filters import EventFilter
@@ -167,7 +168,7 @@ class StreamEventListView(ProblemDetailsMixin, TenantScopedMixin, generics.ListA
 
 
 class MetricsView(ProblemDetailsMixin, APIView):
-    """`GET /api/metrics/`: Prometheus metrics (command counts and durations), staff only."""
+    """`GET /api/metrics/`: Prometheus metrics (commands, outbox deliveries and backlog), staff only."""
 
     permission_classes = [IsStaff]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
 
 from django.utils.module_loading import import_string
@@ -10,6 +11,19 @@ from ..conf import es_settings
 from .base import Command, CommandContext, CommandResult
 from .middleware import Middleware, Next
 from .registry import CommandRegistry, command_registry
+
+# The context of the command being dispatched in this thread (or asyncio task); nested dispatches stack.
+_current_context: ContextVar[CommandContext | None] = ContextVar("eventsourcing_command_context", default=None)
+
+
+def current_context() -> CommandContext | None:
+    """The context of the command running now, or None outside a dispatch.
+
+    Code a handler triggers without passing the context along (model signals,
+    for the capture of ordinary models) reads the command's correlation,
+    causation, user and tenant from it, so what it records joins the command's trail.
+    """
+    return _current_context.get()
 
 
 class CommandBus:
@@ -35,7 +49,11 @@ class CommandBus:
         chain: Next = handle
         for entry in reversed(self._middleware(command)):
             chain = _bind(entry, chain)
-        return chain(command, context)
+        token = _current_context.set(context)
+        try:
+            return chain(command, context)
+        finally:
+            _current_context.reset(token)
 
     def _middleware(self, command: Command) -> list[Middleware]:
         entries = self._middleware_setting

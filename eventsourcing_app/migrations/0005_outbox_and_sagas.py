@@ -37,7 +37,7 @@ class Migration(migrations.Migration):
                 'verbose_name': 'outbox message',
                 'verbose_name_plural': 'outbox messages',
                 'ordering': ('id',),
-                'indexes': [models.Index(fields=['status', 'available_at'], name='eventsourcing_outbox_due'), models.Index(fields=['stream_id', 'destination', 'id'], name='eventsourcing_outbox_stream'), models.Index(fields=['status', 'delivered_at'], name='eventsourcing_outbox_delivered')],
+                'indexes': [models.Index(condition=models.Q(('status', 'pending')), fields=['id'], name='eventsourcing_outbox_due'), models.Index(condition=models.Q(('status', 'pending')), fields=['stream_id', 'destination', 'id'], name='eventsourcing_outbox_stream'), models.Index(fields=['status', 'delivered_at'], name='eventsourcing_outbox_delivered')],
                 'constraints': [models.UniqueConstraint(fields=('event_id', 'destination'), name='eventsourcing_outbox_event_dest')],
             },
         ),
@@ -67,6 +67,22 @@ class Migration(migrations.Migration):
                 'ordering': ('-started_at',),
                 'indexes': [models.Index(fields=['status', 'deadline'], name='eventsourcing_saga_deadline'), models.Index(fields=['saga_type', 'status'], name='eventsourcing_saga_status')],
                 'constraints': [models.UniqueConstraint(fields=('saga_type', 'correlation_id'), name='eventsourcing_saga_correlation')],
+            },
+        ),
+        migrations.CreateModel(
+            name='ProcessedMessage',
+            fields=[
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('consumer', models.CharField(help_text='Who handled it (one name per handler).', max_length=100, verbose_name='consumer')),
+                ('message_id', models.CharField(max_length=200, verbose_name='message id')),
+                ('processed_at', models.DateTimeField(default=django.utils.timezone.now, verbose_name='processed at')),
+            ],
+            options={
+                'verbose_name': 'processed message',
+                'verbose_name_plural': 'processed messages',
+                'ordering': ('id',),
+                'indexes': [models.Index(fields=['processed_at'], name='eventsourcing_processed_at')],
+                'constraints': [models.UniqueConstraint(fields=('consumer', 'message_id'), name='eventsourcing_processed_once')],
             },
         ),
     ]

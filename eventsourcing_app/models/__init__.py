@@ -1,7 +1,7 @@
 """The app's models."""
 
 from .commands import CommandPermission, IdempotencyRecord
-from .outbox import OutboxMessage, OutboxStatus
+from .outbox import OutboxMessage, OutboxStatus, ProcessedMessage
 from .projections import Checkpoint, CheckpointStatus, ProjectionDeadLetter
 from .sagas import FINAL_SAGA_STATUSES, SagaState, SagaStatus
 from .store import Event, Snapshot, Stream
@@ -15,6 +15,7 @@ __all__ = [
     "IdempotencyRecord",
     "OutboxMessage",
     "OutboxStatus",
+    "ProcessedMessage",
     "ProjectionDeadLetter",
     "SagaState",
     "SagaStatus",

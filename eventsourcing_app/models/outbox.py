@@ -41,7 +41,12 @@ class OutboxMessage(models.Model):
     delivered_at = models.DateTimeField(_("delivered at"), null=True, blank=True)
 
     class Meta:
-        """Indexes for claiming due messages, per-stream ordering and cleanup."""
+        """Indexes for claiming due messages, per-stream ordering and cleanup.
+
+        The first two cover pending rows only: they stay small however many delivered
+        rows wait for cleanup, and the claim scans pending rows in id order and checks
+        each one's stream for earlier pending messages with one lookup.
+        """
 
         verbose_name = _("outbox message")
         verbose_name_plural = _("outbox messages")
@@ -50,10 +55,41 @@ class OutboxMessage(models.Model):
             models.UniqueConstraint(fields=("event_id", "destination"), name="eventsourcing_outbox_event_dest"),
         ]
         indexes = [
-            models.Index(fields=("status", "available_at"), name="eventsourcing_outbox_due"),
-            models.Index(fields=("stream_id", "destination", "id"), name="eventsourcing_outbox_stream"),
+            models.Index(fields=("id",), condition=models.Q(status="pending"), name="eventsourcing_outbox_due"),
+            models.Index(
+                fields=("stream_id", "destination", "id"),
+                condition=models.Q(status="pending"),
+                name="eventsourcing_outbox_stream",
+            ),
             models.Index(fields=("status", "delivered_at"), name="eventsourcing_outbox_delivered"),
         ]
 
     def __str__(self) -> str:
         return f"{self.event_type} → {self.destination} ({self.status})"
+
+
+class ProcessedMessage(models.Model):
+    """A message id a consumer has handled, recorded in the transaction of the handling.
+
+    Delivery is at least once, so a consumer sees some messages twice; the row makes the second
+    delivery a no-op (see `eventsourcing_app.outbox.consumer.handle_once`). Rows are kept as long
+    as a redelivery can arrive, then removed by `cleanup_processed_messages`.
+    """
+
+    consumer = models.CharField(_("consumer"), max_length=100, help_text=_("Who handled it (one name per handler)."))
+    message_id = models.CharField(_("message id"), max_length=200)
+    processed_at = models.DateTimeField(_("processed at"), default=timezone.now)
+
+    class Meta:
+        """One row per (consumer, message id); processed_at is indexed for cleanup."""
+
+        verbose_name = _("processed message")
+        verbose_name_plural = _("processed messages")
+        ordering = ("id",)
+        constraints = [
+            models.UniqueConstraint(fields=("consumer", "message_id"), name="eventsourcing_processed_once"),
+        ]
+        indexes = [models.Index(fields=("processed_at",), name="eventsourcing_processed_at")]
+
+    def __str__(self) -> str:
+        return f"{self.consumer}: {self.message_id}"

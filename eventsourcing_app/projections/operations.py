@@ -33,8 +33,11 @@ class ProjectionStatus:
     updated_at: datetime | None
 
 
-def projection_statuses(store: EventStore | None = None) -> list[ProjectionStatus]:
-    """Every async projection's position, lag (events it wants after its position), state and last error."""
+def projection_statuses(store: EventStore | None = None, *, sagas: bool = False) -> list[ProjectionStatus]:
+    """Every async projection's position, lag (events it wants after its position), state and last error.
+
+    With `sagas=True`, the saga managers' checkpoints (named `saga:<Saga>`) too, listed first.
+    """
     store = store or EventStore()
     head = store.head_position()
     checkpoints = {c.name: c for c in Checkpoint.objects.using(store.using)}
@@ -46,7 +49,8 @@ def projection_statuses(store: EventStore | None = None) -> list[ProjectionStatu
         .values_list("projection", "n")
     )
     statuses = []
-    for projection in projection_registry.of_kind(ASYNC):
+    runnables: list = saga_managers() if sagas else []
+    for projection in [*runnables, *projection_registry.of_kind(ASYNC)]:
         checkpoint = checkpoints.get(projection.name) or Checkpoint(name=projection.name)
         statuses.append(
             ProjectionStatus(
@@ -63,6 +67,23 @@ def projection_statuses(store: EventStore | None = None) -> list[ProjectionStatu
             )
         )
     return statuses
+
+
+def saga_managers() -> list:
+    """The saga managers, which run like async projections (imported late: sagas build on projections)."""
+    from ..sagas import saga_registry
+
+    return saga_registry.managers()
+
+
+def runnable(name: str) -> Projection:
+    """The async projection or saga manager a checkpoint name belongs to."""
+    from ..sagas import checkpoint_name, saga_registry
+
+    for saga_name in saga_registry.names():
+        if checkpoint_name(saga_name) == name:
+            return saga_registry.manager(saga_name)  # type: ignore[return-value]
+    return projection_registry.lookup(name)
 
 
 def pending_events(projection: Projection, position: int, store: EventStore) -> int:

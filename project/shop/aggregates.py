@@ -67,6 +67,9 @@ class Order(Aggregate):
         self.raise_event(OrderConfirmed(order_id=self.id))
 
     def cancel(self, reason: str) -> None:
+        """Cancel a placed or confirmed order; cancelling a cancelled one changes nothing."""
+        if self.status == "cancelled":
+            return
         if self.status not in ("placed", "confirmed"):
             raise CommandRejectedError(f"A {self.status} order cannot be cancelled.")
         self.raise_event(OrderCancelled(order_id=self.id, reason=reason))

@@ -13,6 +13,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from eventsourcing_app.commands import Command, CommandContext, handles
+from eventsourcing_app.exceptions import CommandRejectedError
 
 from .aggregates import Inventory, Order, Payment
 from .events import OrderLine
@@ -103,9 +104,12 @@ def place_order(command: PlaceOrder, context: CommandContext) -> None:
 
 @handles(CancelOrder)
 def cancel_order(command: CancelOrder, context: CommandContext) -> None:
+    """Cancel the order and release whatever stock it holds, in one transaction."""
     order = context.load(Order, command.order_id)
     order.cancel(command.reason)
     context.save(order)
+    _release(order, context)
+    context.touched = order
 
 
 @handles(ShipOrder)
@@ -125,6 +129,8 @@ def confirm_order(command: ConfirmOrder, context: CommandContext) -> None:
 @handles(ReserveStock)
 def reserve_stock(command: ReserveStock, context: CommandContext) -> None:
     order = context.repository(Order).load(command.order_id)
+    if order.status != "placed":
+        raise CommandRejectedError(f"Stock is reserved for placed orders only; this one is {order.status}.")
     for sku, quantity in _quantities(order).items():
         inventory = context.repository(Inventory).load_or_new(sku)
         inventory.reserve(order.id, quantity)
@@ -135,11 +141,16 @@ def reserve_stock(command: ReserveStock, context: CommandContext) -> None:
 @handles(ReleaseStock)
 def release_stock(command: ReleaseStock, context: CommandContext) -> None:
     order = context.repository(Order).load(command.order_id)
-    for sku in _quantities(order):
-        inventory = context.repository(Inventory).load(sku)
-        inventory.release(order.id)
-        context.save(inventory)
+    _release(order, context)
     context.touched = order
+
+
+def _release(order: Order, context: CommandContext) -> None:
+    """Release the order's reservation of each of its SKUs (SKUs it holds nothing of are left alone)."""
+    for sku in _quantities(order):
+        inventory = context.repository(Inventory).load_or_new(sku)
+        inventory.release(order.id)
+        context.save(inventory)  # saves nothing when nothing was released
 
 
 @handles(AuthorisePayment)

@@ -18,8 +18,10 @@ from typing import Any
 from django.core.management.base import CommandError, CommandParser
 from django.core.serializers.json import DjangoJSONEncoder
 
-from ...models import CheckpointStatus
+from ...models import CheckpointStatus, SagaStatus
+from ...outbox import outbox_stats
 from ...projections import projection_statuses
+from ...sagas.operations import saga_reports
 from ...testing import NotCaughtUpError, wait_until_caught_up
 from ._base import EventSourcingCommand
 
@@ -64,13 +66,90 @@ def projections_section() -> Section:
     return Section("projections", "Async projections", columns, rows, problems)
 
 
+class _InstanceCounts(dict):
+    """Instances by status: a whole object in JSON, the non-zero counts in the text table."""
+
+    def __str__(self) -> str:
+        return ", ".join(f"{n} {status}" for status, n in self.items() if n) or "none"
+
+
+def outbox_section() -> Section:
+    """Outbox messages per destination by status, and the age of the oldest undelivered one.
+
+    Dead letters and pending messages of a destination that is no longer configured are
+    problems: neither is delivered without an operator.
+    """
+    stats = outbox_stats()
+    rows = [
+        {
+            "destination": dest.destination,
+            "configured": dest.configured,
+            "pending": dest.pending,
+            "delivered": dest.delivered,
+            "dead": dest.dead,
+            "discarded": dest.discarded,
+            "oldest_pending_age": None if dest.oldest_pending_age is None else round(dest.oldest_pending_age, 1),
+        }
+        for dest in stats.destinations
+    ]
+    problems = [
+        f"Outbox destination {dest.destination}: {dest.dead} dead letter(s) (requeue or discard them in the admin)"
+        for dest in stats.destinations
+        if dest.dead
+    ]
+    problems += [
+        f"Outbox destination {dest.destination} is not configured: {dest.pending} pending message(s) wait for it"
+        for dest in stats.destinations
+        if dest.pending and not dest.configured
+    ]
+    columns = ("destination", "pending", "delivered", "dead", "discarded", "oldest_pending_age")
+    return Section("outbox", "Outbox", columns, rows, problems)
+
+
+def sagas_section() -> Section:
+    """Each saga's manager (position, lag, status, error) and its instances by status.
+
+    A stopped manager and instances left `compensation_failed` are problems: both wait for an operator.
+    """
+    reports = saga_reports()
+    rows = [
+        {
+            "name": report.name,
+            "checkpoint": report.checkpoint,
+            "status": report.status,
+            "position": report.position,
+            "head": report.head,
+            "lag": report.lag,
+            "instances": _InstanceCounts(report.instances),
+            "last_error": report.last_error,
+            "failed_position": report.failed_position,
+            "updated_at": report.updated_at,
+        }
+        for report in reports
+    ]
+    problems = [
+        f"Saga {report.name} stopped at position {report.failed_position}: {report.last_error}"
+        for report in reports
+        if report.status == CheckpointStatus.FAILED
+    ]
+    problems += [
+        f"Saga {report.name}: {n} instance(s) in compensation_failed (retry them from the admin after a fix)"
+        for report in reports
+        if (n := report.instances[SagaStatus.COMPENSATION_FAILED])
+    ]
+    columns = ("name", "status", "position", "lag", "instances", "last_error")
+    return Section("sagas", "Sagas", columns, rows, problems)
+
+
 class Command(EventSourcingCommand):
     help = (
-        "Show the async projections (status, position, lag, dead letters, last error). Exits 1 if any has "
-        "failed. --wait blocks until every projection has lag 0 (exit 1 after --timeout); it only watches, "
-        "unless --run is given, which applies the pending events in this process (for setups without workers)."
+        "Show the async projections (status, position, lag, dead letters, last error), the outbox (messages "
+        "by status per destination, the oldest pending) and the sagas (each manager's status and lag, "
+        "instances by status). Exits 1 if any has failed or holds dead letters. --wait blocks until every "
+        "projection has lag 0 (exit 1 after --timeout); it only watches, unless --run is given, which "
+        "applies the pending events in this process (for setups without workers)."
     )
-    sections: Sequence[Callable[[], Section]] = (projections_section,)
+    sections: Sequence[Callable[[], Section]] = (projections_section, outbox_section, sagas_section)
 
     def add_arguments(self, parser: CommandParser) -> None:
         super().add_arguments(parser)

@@ -44,9 +44,22 @@ class Command(EventSourcingCommand):
     )
     # Collaborators as class attributes, so a subclass can swap them (as django-celery-beat does).
     Runner = ProjectionRunner
+    # What the runners run, as the messages name it ("Running projections: …"); `run_sagas` says "sagas".
+    noun = "projections"
 
     def add_arguments(self, parser: CommandParser) -> None:
         super().add_arguments(parser)
+        self.add_selection_argument(parser)
+        parser.add_argument(
+            "--interval", type=float, default=0.5, help="Seconds to sleep when there is no work (default 0.5)."
+        )
+        parser.add_argument("--once", action="store_true", help="Catch up once, then exit.")
+        parser.add_argument(
+            "--batch-size", type=int, default=None, help="Events per transaction (default: each one's own batch size)."
+        )
+
+    def add_selection_argument(self, parser: CommandParser) -> None:
+        """The option choosing what to run (`targets` reads it)."""
         parser.add_argument(
             "--projection",
             action="append",
@@ -54,21 +67,11 @@ class Command(EventSourcingCommand):
             metavar="NAME",
             help="Run only this async projection (repeatable; default: all of them).",
         )
-        parser.add_argument(
-            "--interval", type=float, default=0.5, help="Seconds to sleep when there is no work (default 0.5)."
-        )
-        parser.add_argument("--once", action="store_true", help="Catch up once, then exit.")
-        parser.add_argument(
-            "--batch-size", type=int, default=None, help="Events per transaction (default: the projection's)."
-        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["interval"] < 0 or (options["batch_size"] is not None and options["batch_size"] < 1):
             raise CommandError("--interval must be >= 0 and --batch-size a positive number.")
-        runners = [
-            self.Runner(projection, batch_size=options["batch_size"])
-            for projection in self._projections(options["projections"])
-        ]
+        runners = [self.Runner(target, batch_size=options["batch_size"]) for target in self.targets(options)]
         self._stopping = False
         with self._stop_on_signals():
             try:
@@ -79,6 +82,10 @@ class Command(EventSourcingCommand):
             finally:
                 for runner in runners:
                     runner.release()
+
+    def targets(self, options: dict[str, Any]) -> list[Projection]:
+        """What to run, from the command line: one runner is made for each."""
+        return self._projections(options["projections"])
 
     def _projections(self, names: list[str] | None) -> list[Projection]:
         if not names:
@@ -102,7 +109,7 @@ class Command(EventSourcingCommand):
 
     def _loop(self, runners: list[ProjectionRunner], *, interval: float, verbose: bool) -> None:
         names = ", ".join(runner.name for runner in runners)
-        self.stdout.write(f"Running projections: {names} (every {interval} s when idle). Stop with Ctrl+C.")
+        self.stdout.write(f"Running {self.noun}: {names} (every {interval} s when idle). Stop with Ctrl+C.")
         while not self._stopping:
             close_old_connections()
             try:
@@ -152,7 +159,7 @@ class Command(EventSourcingCommand):
         """Turn SIGTERM/SIGINT into a stop flag checked between batches; the previous handlers come back after."""
 
         def ask_to_stop(signum: int, frame: FrameType | None) -> None:
-            logger.info("run_projections: %s received, stopping after the current batch", signal.Signals(signum).name)
+            logger.info("run_%s: %s received, stopping after the current batch", self.noun, signal.Signals(signum).name)
             self._stopping = True
 
         previous = {signum: signal.signal(signum, ask_to_stop) for signum in STOP_SIGNALS}

@@ -1,0 +1,362 @@
+"""The saga manager: feeds a saga its events from the log and dispatches the commands it returns.
+
+It runs under the async projection runner (`ProjectionRunner`), with a
+checkpoint named `saga:<SagaName>`, so it has the same lease, batching and
+poison-event policy as an async projection. Everything one batch does — the
+saga states it creates and changes, the commands it dispatches (their events,
+inline projections, outbox rows) and the checkpoint's advance — commits in one
+transaction: a worker that dies mid-batch leaves nothing half done, and the
+next one handles the same events again from the checkpoint.
+
+Each instance's row is locked (SELECT … FOR UPDATE on PostgreSQL; SQLite's
+write transactions are exclusive) and written back only over the version it was
+read at, so a timeout firing in another worker never interleaves with it. An
+event id already in `processed_event_ids` is skipped. Commands carry the
+triggering event's correlation id, the event as causation, and an idempotency
+key made of the saga type, the correlation id and the step name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+from django.db import connections, transaction
+from django.utils import timezone
+
+from ..commands import Command, CommandContext, CommandResult, dispatch
+from ..commands.registry import command_registry
+from ..conf import es_settings
+from ..exceptions import (
+    CommandRejectedError,
+    CommandValidationError,
+    ConcurrencyError,
+    EventSourcingError,
+    StreamNotFoundError,
+)
+from ..models import SagaState, SagaStatus
+from ..projections.base import ASYNC
+from ..projections.runner import TRANSIENT_ERRORS
+from ..store import EventStore, RecordedEvent
+from .base import ACTIVE_STATUSES, Saga, SagaInstance, Step, json_ready
+
+logger = logging.getLogger("eventsourcing_app.sagas")
+
+# A step's command refused for these reasons makes the saga fail and compensate; other errors are bugs
+# or outages, and go to the runner (retried when transient, else the saga's on_error policy).
+REFUSALS = (CommandRejectedError, CommandValidationError, StreamNotFoundError, ConcurrencyError)
+CHECKPOINT_PREFIX = "saga:"
+# Processed event ids and history entries kept per instance: enough for any redelivery and for
+# an operator to follow the saga, bounded for long-lived ones.
+PROCESSED_IDS_KEPT = 500
+HISTORY_KEPT = 500
+# How long a timeout that raised waits before it is tried again.
+TIMEOUT_RETRY_DELAY = timedelta(minutes=1)
+
+
+class SagaConflictError(EventSourcingError):
+    """A saga instance changed under us although its row was locked (a bug, or rows written by hand)."""
+
+    code = "saga_conflict"
+    default_detail = "The saga instance was changed concurrently."
+
+
+def checkpoint_name(saga_name: str) -> str:
+    return f"{CHECKPOINT_PREFIX}{saga_name}"
+
+
+class SagaManager:
+    """One saga, shaped like an async projection for `ProjectionRunner`."""
+
+    kind = ASYNC
+    categories: tuple[str, ...] = ()
+
+    def __init__(self, saga: Saga, *, store: EventStore | None = None) -> None:
+        self.saga = saga
+        self.name = checkpoint_name(saga.name)
+        self.event_types = saga.event_types
+        self.on_error = saga.on_error
+        self.store = store or EventStore()
+
+    @property
+    def batch_size(self) -> int:
+        return self.saga.batch_size or es_settings.SAGA_BATCH_SIZE
+
+    def wants(self, event_type: str, category: str | None = None) -> bool:
+        return self.saga.handler_for(event_type) is not None
+
+    # ------------------------------------------------------------------ events
+    def handle_batch(self, events: list[RecordedEvent]) -> None:
+        """Handle a batch in the runner's transaction: one query loads (and locks) every instance it touches."""
+        keyed = [(event, self.saga.correlation_id(event)) for event in events]
+        states = self._lock_states({cid for _, cid in keyed if cid})
+        known_ids = {cid: state.version for cid, state in states.items()}
+        changed: dict[str, SagaState] = {}
+        for event, cid in keyed:
+            if cid is None:
+                continue
+            state = states.get(cid)
+            if state is None:
+                if event.event_type not in self.saga.starts_with:
+                    continue  # an event of an instance that never started (or started before this saga existed)
+                state = states[cid] = self._new_state(cid, event)
+            if state.status not in ACTIVE_STATUSES or str(event.event_id) in state.processed_event_ids:
+                continue
+            self._handle(state, event)
+            changed[cid] = state
+        self._save(changed, known_ids)
+
+    def _lock_states(self, correlation_ids: set[str]) -> dict[str, SagaState]:
+        if not correlation_ids:
+            return {}
+        rows = SagaState.objects.using(self.store.using).filter(
+            saga_type=self.saga.name, correlation_id__in=correlation_ids
+        )
+        if connections[self.store.using].features.has_select_for_update:
+            rows = rows.select_for_update()
+        return {state.correlation_id: state for state in rows}
+
+    def _new_state(self, correlation_id: str, event: RecordedEvent) -> SagaState:
+        now = timezone.now()
+        return SagaState(
+            saga_type=self.saga.name,
+            correlation_id=correlation_id,
+            tenant_id=event.metadata.get("tenant_id") or "",
+            started_at=now,
+            updated_at=now,
+        )
+
+    def _handle(self, state: SagaState, event: RecordedEvent) -> None:
+        instance = SagaInstance(state, event)
+        _log(state, "event", event_type=event.event_type, event_id=str(event.event_id), position=event.position)
+        steps = self.saga.handler_for(event.event_type)(self.saga, instance, event)
+        self.advance(instance, steps, cause=event)
+        state.processed_event_ids = [*state.processed_event_ids, str(event.event_id)][-PROCESSED_IDS_KEPT:]
+
+    def _save(self, changed: dict[str, SagaState], known_versions: dict[str, int]) -> None:
+        using = self.store.using
+        fresh = [state for cid, state in changed.items() if cid not in known_versions]
+        for state in fresh:
+            state.version = 1
+        SagaState.objects.using(using).bulk_create(fresh)
+        for cid, state in changed.items():
+            if cid in known_versions:
+                save_over(state, known_versions[cid], using=using)
+
+    # ------------------------------------------------------------------ steps and compensation
+    def advance(
+        self,
+        instance: SagaInstance,
+        steps: Iterable[Step | Command] | None,
+        *,
+        cause: RecordedEvent | None,
+        label: str = "timeout",
+    ) -> None:
+        """Dispatch a handler's steps in order, then complete, compensate or keep running.
+
+        `cause` is the event handled (the commands' causation); without one, `label` says what
+        moved the saga on (a timeout, an operator's retry) in the commands' causation id.
+        """
+        state = instance.state
+        for step in _as_steps(steps):
+            if instance.failure is not None:
+                break
+            state.current_step = step.name
+            try:
+                result = self._dispatch(instance, step.command, key=step.name, cause=cause, label=label)
+            except REFUSALS as exc:
+                _log(state, "refused", step=step.name, command_type=step.command.command_type, error=str(exc))
+                instance.fail(f"{step.name}: {exc}")
+                break
+            _log(state, "command", step=step.name, command_type=step.command.command_type, events=result.events)
+            if step.compensate is not None:
+                instance.compensate_with(step.name, step.compensate)
+        if instance.failure is not None:
+            self._fail(instance, cause=cause, label=label)
+        elif instance.completed:
+            self._finish(state, SagaStatus.COMPLETED)
+        else:
+            state.status = SagaStatus.RUNNING
+
+    def _fail(self, instance: SagaInstance, *, cause: RecordedEvent | None, label: str) -> None:
+        state = instance.state
+        state.last_error = instance.failure or ""
+        _log(state, "failed", reason=state.last_error)
+        if not (instance.compensate_on_failure and state.compensations):
+            self._finish(state, SagaStatus.FAILED)
+            return
+        state.status = SagaStatus.COMPENSATING
+        while state.compensations:
+            compensation = state.compensations[-1]
+            if not self._compensate(instance, compensation, cause=cause, label=label):
+                self._finish(state, SagaStatus.COMPENSATION_FAILED)
+                return
+            state.compensations = state.compensations[:-1]
+        self._finish(state, SagaStatus.COMPENSATED)
+
+    def _compensate(
+        self, instance: SagaInstance, compensation: dict, *, cause: RecordedEvent | None, label: str
+    ) -> bool:
+        """Run one compensation, retrying with backoff; False when every attempt failed.
+
+        A transient database error (a lost connection, a deadlock) is not the compensation's
+        fault: it goes up to the runner, which retries the whole batch.
+        """
+        state, step = instance.state, compensation["step"]
+        attempts = max(1, es_settings.SAGA_COMPENSATION_ATTEMPTS)
+        for attempt in range(1, attempts + 1):
+            try:
+                command = self._compensating_command(instance, compensation)
+                if command is None:
+                    _log(state, "compensated", step=step, command_type=None, events=[])
+                    return True
+                result = self._dispatch(instance, command, key=f"compensate:{step}", cause=cause, label=label)
+            except TRANSIENT_ERRORS:
+                raise
+            except Exception as exc:
+                logger.warning(
+                    "saga=%s correlation_id=%s compensation %r failed (attempt %s/%s): %r",
+                    self.saga.name,
+                    state.correlation_id,
+                    step,
+                    attempt,
+                    attempts,
+                    exc,
+                )
+                _log(state, "compensation_error", step=step, attempt=attempt, error=str(exc) or repr(exc))
+                if attempt == attempts:
+                    state.last_error = f"compensation {step!r} failed: {exc!r}"[:4000]
+                    return False
+                time.sleep(min(es_settings.SAGA_COMPENSATION_BACKOFF * 2 ** (attempt - 1), 2.0))
+            else:
+                _log(state, "compensated", step=step, command_type=command.command_type, events=result.events)
+                return True
+        return False
+
+    def _compensating_command(self, instance: SagaInstance, compensation: dict) -> Command | None:
+        if "method" in compensation:
+            return getattr(self.saga, compensation["method"])(instance)
+        command_class = command_registry.lookup(compensation["command_type"]).command_class
+        return command_class(**compensation["data"])
+
+    def _dispatch(
+        self, instance: SagaInstance, command: Command, *, key: str, cause: RecordedEvent | None, label: str
+    ) -> CommandResult:
+        state = instance.state
+        correlation_id = (cause.metadata.get("correlation_id") if cause else None) or state.correlation_id
+        context = CommandContext(
+            correlation_id=correlation_id,
+            causation_id=str(cause.event_id) if cause else f"{CHECKPOINT_PREFIX}{self.saga.name}:{label}",
+            tenant_id=state.tenant_id or None,
+            idempotency_key=idempotency_key(self.saga.name, state.correlation_id, key),
+            custom_metadata={"saga": self.saga.name, "saga_id": state.correlation_id},
+            store=self.store,
+        )
+        return dispatch(command, context)
+
+    def _finish(self, state: SagaState, status: str) -> None:
+        state.status = status
+        state.completed_at = timezone.now()
+        state.deadline = None
+        _log(state, "status", status=status)
+
+    # ------------------------------------------------------------------ timeouts
+    def fire_timeouts(self, *, now: datetime | None = None, limit: int = 100) -> int:
+        """Run `on_timeout` of each running instance whose deadline has passed; returns how many fired.
+
+        Each instance is handled in its own transaction, its row locked (rows another worker holds are
+        skipped, on PostgreSQL) and re-checked, so a timeout and an event never act on one instance at once.
+        An instance whose timeout raises keeps its error in `last_error` and is tried again a minute
+        later; the others still fire, and the first error is raised once they have.
+        """
+        now = now or timezone.now()
+        using = self.store.using
+        due = SagaState.objects.using(using).filter(
+            saga_type=self.saga.name, status__in=ACTIVE_STATUSES, deadline__lte=now
+        )
+        fired, first_error = 0, None
+        for pk in list(due.order_by("deadline").values_list("pk", flat=True)[:limit]):
+            try:
+                with transaction.atomic(using=using):
+                    rows = due.filter(pk=pk)
+                    if connections[using].features.has_select_for_update_skip_locked:
+                        rows = rows.select_for_update(skip_locked=True)
+                    state = rows.first()
+                    if state is None:
+                        continue
+                    version = state.version
+                    self.fire_timeout(state)
+                    save_over(state, version, using=using)
+                    fired += 1
+            except Exception as exc:
+                first_error = first_error or exc
+                due.filter(pk=pk).update(
+                    last_error=f"timeout failed: {exc!r}"[:4000], deadline=now + TIMEOUT_RETRY_DELAY
+                )
+        if first_error is not None:
+            raise first_error
+        return fired
+
+    def fire_timeout(self, state: SagaState, **note: object) -> None:
+        """Run the saga's `on_timeout` on a locked, running instance (the caller saves it)."""
+        instance = SagaInstance(state)
+        _log(state, "timeout", deadline=state.deadline.isoformat() if state.deadline else None, **note)
+        state.deadline = None
+        self.advance(instance, self.saga.on_timeout(instance), cause=None, label="timeout")
+
+    def retry_compensation(self, state: SagaState, failure: str, **note: object) -> None:
+        """Run the compensations a `compensation_failed` instance has left, newest first (the caller saves it)."""
+        instance = SagaInstance(state)
+        instance.failure = failure
+        _log(state, "retry_compensation", **note)
+        self._fail(instance, cause=None, label="retry")
+
+
+def save_over(state: SagaState, version: int, *, using: str) -> None:
+    """Write a changed instance back, only over the version it was read at."""
+    state.version = version + 1
+    state.updated_at = timezone.now()
+    fields = {
+        name: getattr(state, name)
+        for name in (
+            "status",
+            "current_step",
+            "data",
+            "processed_event_ids",
+            "compensations",
+            "history",
+            "last_error",
+            "version",
+            "updated_at",
+            "completed_at",
+            "deadline",
+        )
+    }
+    if SagaState.objects.using(using).filter(pk=state.pk, version=version).update(**fields) != 1:
+        raise SagaConflictError(f"Saga {state.saga_type} {state.correlation_id} moved past version {version}.")
+
+
+def idempotency_key(saga_name: str, correlation_id: str, step: str) -> str:
+    """The key of a saga's command: the same on every redelivery, distinct per instance and step."""
+    key = f"saga:{saga_name}:{correlation_id}:{step}"
+    if len(key) <= 255:
+        return key
+    return f"saga:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def _as_steps(steps: Iterable[Step | Command] | None) -> list[Step]:
+    """A handler may return Steps, bare Commands (a step named after the command type) or None."""
+    if steps is None:
+        return []
+    if isinstance(steps, Step | Command):
+        steps = [steps]
+    return [s if isinstance(s, Step) else Step(s.command_type, s) for s in steps]
+
+
+def _log(state: SagaState, kind: str, **details: object) -> None:
+    """Append to the instance's history (shown in the admin): what it handled, issued and decided."""
+    entry = {"at": timezone.now().isoformat(), "kind": kind, **json_ready(details)}
+    state.history = [*state.history, entry][-HISTORY_KEPT:]

@@ -1,0 +1,284 @@
+"""The saga machinery, with sagas defined here: steps, compensation, timeouts, redelivery, crashes.
+
+The sagas below react to the shop's OrderPlaced and use AddStock as a harmless
+"do something" command: stream `Inventory-<sku>` shows what ran, and in what order.
+Tests drive the saga manager by hand (no on-commit nudges inside the test's transaction).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from eventsourcing_app.commands import dispatch
+from eventsourcing_app.models import Checkpoint, CheckpointStatus, IdempotencyRecord, SagaState, SagaStatus
+from eventsourcing_app.projections import ProjectionRunner
+from eventsourcing_app.sagas import Saga, SagaInstance, Step, on, saga_registry
+from eventsourcing_app.store import EventStore, RecordedEvent
+from project.shop.commands import AddStock, ConfirmOrder, PlaceOrder, ReserveStock
+
+pytestmark = pytest.mark.django_db
+
+
+def note(name: str) -> AddStock:
+    """A command whose only effect is an event in stream Inventory-<name>."""
+    return AddStock(sku=name, quantity=1)
+
+
+def ran(prefix: str) -> list[str]:
+    """Notes whose SKU starts with `prefix`, in log order."""
+    return [
+        e.data.sku for e in EventStore().iter_all() if e.event_type == "StockAdded" and e.data.sku.startswith(prefix)
+    ]
+
+
+class ThreeSteps(Saga):
+    """Three steps that succeed, then a fourth the domain refuses (a ReserveStock for an unknown order)."""
+
+    name = "tests.ThreeSteps"
+    starts_with = ("OrderPlaced",)
+    correlation_field = "order_id"
+    fourth_refused = True
+
+    @on("OrderPlaced")
+    def placed(self, saga: SagaInstance, event: RecordedEvent) -> list[Step]:
+        steps = [Step(f"step-{n}", note(f"do-{n}"), compensate=note(f"undo-{n}")) for n in "abc"]
+        if self.fourth_refused:
+            steps.append(Step("step-d", ReserveStock(order_id=uuid.uuid4())))
+        else:
+            saga.complete()
+        return steps
+
+
+class Deadline(Saga):
+    """Does one step, then waits for an OrderConfirmed that never comes."""
+
+    name = "tests.Deadline"
+    starts_with = ("OrderPlaced",)
+    correlation_field = "order_id"
+
+    @on("OrderPlaced")
+    def placed(self, saga: SagaInstance, event: RecordedEvent) -> list[Step]:
+        saga.set_deadline(timedelta(minutes=5))
+        return [Step("hold", note("deadline-hold"), compensate=note("deadline-release"))]
+
+    @on("OrderConfirmed")
+    def confirmed(self, saga: SagaInstance, event: RecordedEvent) -> None:
+        saga.clear_deadline()
+        saga.complete()
+
+
+class BadCompensation(Saga):
+    """Its only compensation refers to an order that does not exist: it can never succeed."""
+
+    name = "tests.BadCompensation"
+    starts_with = ("OrderPlaced",)
+    correlation_field = "order_id"
+
+    @on("OrderPlaced")
+    def placed(self, saga: SagaInstance, event: RecordedEvent) -> list[Step]:
+        saga.compensate_with("ghost", ConfirmOrder(order_id=uuid.uuid4()))
+        saga.fail("give up at once")
+        return []
+
+
+class Crashing(Saga):
+    """Dispatches a command, then its handler blows up (a bug): nothing of the batch may stay."""
+
+    name = "tests.Crashing"
+    starts_with = ("OrderPlaced",)
+    correlation_field = "order_id"
+    broken = True
+
+    @on("OrderPlaced")
+    def placed(self, saga: SagaInstance, event: RecordedEvent) -> list[Step]:
+        dispatch(note("crash-side-effect"))
+        if self.broken:
+            raise RuntimeError("bug in the saga")
+        return []
+
+
+@pytest.fixture
+def registered() -> Iterator[callable]:
+    names: list[str] = []
+
+    def register(saga_class: type[Saga]) -> Saga:
+        saga = saga_class()
+        saga_registry.register(saga.name, saga)
+        names.append(saga.name)
+        return saga
+
+    yield register
+    for name in names:
+        saga_registry.unregister(name)
+
+
+def run(saga: Saga) -> int:
+    return ProjectionRunner(saga_registry.manager(saga.name)).run()
+
+
+def place_order() -> str:
+    body = {"customer_id": "c", "items": [{"sku": "SKU-S", "quantity": 1, "unit_price": "1.00"}]}
+    return dispatch(PlaceOrder(**body)).aggregate_id
+
+
+def state_of(saga: Saga, order_id: str) -> SagaState:
+    return SagaState.objects.get(saga_type=saga.name, correlation_id=order_id)
+
+
+def test_compensations_run_newest_first_when_a_step_is_refused(registered) -> None:
+    saga = registered(ThreeSteps)
+    order_id = place_order()
+    run(saga)
+    assert ran("do-") == ["do-a", "do-b", "do-c"]
+    assert ran("undo-") == ["undo-c", "undo-b", "undo-a"]
+    state = state_of(saga, order_id)
+    assert (state.status, state.current_step, state.compensations) == (SagaStatus.COMPENSATED, "step-d", [])
+    assert "step-d" in state.last_error
+    kinds = [entry["kind"] for entry in state.history]
+    assert kinds == ["event", "command", "command", "command", "refused", "failed"] + ["compensated"] * 3 + ["status"]
+
+
+def test_a_saga_that_completes_keeps_its_compensations_unused(registered) -> None:
+    saga = registered(ThreeSteps)
+    saga.fourth_refused = False
+    order_id = place_order()
+    run(saga)
+    state = state_of(saga, order_id)
+    assert state.status == SagaStatus.COMPLETED
+    assert state.completed_at is not None
+    assert [c["step"] for c in state.compensations] == ["step-a", "step-b", "step-c"]
+    assert ran("undo-") == []
+
+
+def test_a_redelivered_event_is_handled_once(registered) -> None:
+    saga = registered(ThreeSteps)
+    saga.fourth_refused = False
+    place_order()
+    run(saga)
+    Checkpoint.objects.filter(name=f"saga:{saga.name}").update(position=0)  # the log is delivered again
+    run(saga)
+    assert ran("do-") == ["do-a", "do-b", "do-c"]
+
+
+def test_commands_are_keyed_by_saga_and_step_so_a_resumed_saga_does_not_repeat_them(registered) -> None:
+    """Had the state been lost after the commands ran, handling the event again replays their results."""
+    saga = registered(ThreeSteps)
+    saga.fourth_refused = False
+    order_id = place_order()
+    run(saga)
+    keys = set(IdempotencyRecord.objects.values_list("key", flat=True))
+    assert {f"saga:{saga.name}:{order_id}:step-{n}" for n in "abc"} <= keys
+    SagaState.objects.filter(saga_type=saga.name).delete()
+    Checkpoint.objects.filter(name=f"saga:{saga.name}").update(position=0)
+    run(saga)
+    assert ran("do-") == ["do-a", "do-b", "do-c"]
+    assert state_of(saga, order_id).status == SagaStatus.COMPLETED
+
+
+def test_commands_carry_the_events_correlation_id_and_the_event_as_causation(registered) -> None:
+    saga = registered(ThreeSteps)
+    saga.fourth_refused = False
+    dispatch(
+        PlaceOrder(customer_id="c", items=[{"sku": "S", "quantity": 1, "unit_price": "1"}]), correlation_id="corr-1"
+    )
+    run(saga)
+    placed = next(e for e in EventStore().iter_all() if e.event_type == "OrderPlaced")
+    notes = [e for e in EventStore().iter_all() if e.event_type == "StockAdded"]
+    assert {e.metadata["correlation_id"] for e in notes} == {"corr-1"}
+    assert {e.metadata["causation_id"] for e in notes} == {str(placed.event_id)}
+
+
+def test_a_timeout_compensates_and_fires_once(registered) -> None:
+    saga = registered(Deadline)
+    order_id = place_order()
+    run(saga)
+    state = state_of(saga, order_id)
+    assert state.status == SagaStatus.RUNNING
+    assert state.deadline is not None
+    manager = saga_registry.manager(saga.name)
+    assert manager.fire_timeouts() == 0  # not due yet
+    later = timezone.now() + timedelta(minutes=6)
+    assert manager.fire_timeouts(now=later) == 1
+    assert manager.fire_timeouts(now=later) == 0
+    state = state_of(saga, order_id)
+    assert (state.status, state.deadline) == (SagaStatus.COMPENSATED, None)
+    assert "timed out" in state.last_error
+    assert ran("deadline-") == ["deadline-hold", "deadline-release"]
+
+
+def test_an_event_in_time_clears_the_deadline(registered) -> None:
+    saga = registered(Deadline)
+    order_id = place_order()
+    run(saga)
+    dispatch(ConfirmOrder(order_id=order_id))
+    run(saga)
+    assert state_of(saga, order_id).status == SagaStatus.COMPLETED
+    assert saga_registry.manager(saga.name).fire_timeouts(now=timezone.now() + timedelta(hours=1)) == 0
+
+
+def test_a_failing_compensation_is_retried_then_the_saga_is_marked_compensation_failed(registered, settings) -> None:
+    settings.EVENTSOURCING = {**settings.EVENTSOURCING, "SAGA_COMPENSATION_ATTEMPTS": 3, "SAGA_COMPENSATION_BACKOFF": 0}
+    saga = registered(BadCompensation)
+    order_id = place_order()
+    run(saga)
+    state = state_of(saga, order_id)
+    assert state.status == SagaStatus.COMPENSATION_FAILED
+    assert [c["step"] for c in state.compensations] == ["ghost"]  # left for an operator to retry
+    assert [entry["attempt"] for entry in state.history if entry["kind"] == "compensation_error"] == [1, 2, 3]
+    assert "ghost" in state.last_error
+
+
+def test_a_crash_mid_batch_leaves_nothing_and_the_event_is_handled_after_the_fix(registered) -> None:
+    saga = registered(Crashing)
+    order_id = place_order()
+    run(saga)
+    checkpoint = Checkpoint.objects.get(name=f"saga:{saga.name}")
+    assert checkpoint.status == CheckpointStatus.FAILED
+    assert "bug in the saga" in checkpoint.last_error
+    assert ran("crash-") == []
+    assert not SagaState.objects.filter(saga_type=saga.name).exists()
+    saga.broken = False
+    Checkpoint.objects.filter(name=checkpoint.name).update(status=CheckpointStatus.RUNNING)
+    run(saga)
+    assert ran("crash-") == ["crash-side-effect"]
+    assert state_of(saga, order_id).status == SagaStatus.RUNNING
+
+
+def test_events_of_instances_that_never_started_are_ignored(registered) -> None:
+    saga = registered(Deadline)
+    dispatch(AddStock(sku="SKU-S", quantity=1))
+    order_id = place_order()
+    after_placed = EventStore().head_position()
+    dispatch(ConfirmOrder(order_id=order_id))
+    Checkpoint.objects.update_or_create(name=f"saga:{saga.name}", defaults={"position": after_placed})
+    run(saga)
+    assert not SagaState.objects.filter(saga_type=saga.name).exists()
+
+
+def test_a_saga_must_handle_the_events_it_starts_with() -> None:
+    with pytest.raises(ValueError, match="no @on handler"):
+
+        class Broken(Saga):
+            starts_with = ("OrderPlaced",)
+
+
+def test_a_saga_needs_a_correlation(registered) -> None:
+    class Uncorrelated(Saga):
+        name = "tests.Uncorrelated"
+        starts_with = ("OrderPlaced",)
+
+        @on("OrderPlaced")
+        def placed(self, saga: SagaInstance, event: RecordedEvent) -> None:
+            return None
+
+    saga = registered(Uncorrelated)
+    place_order()
+    run(saga)
+    checkpoint = Checkpoint.objects.get(name=f"saga:{saga.name}")
+    assert checkpoint.status == CheckpointStatus.FAILED
+    assert "correlation_field" in checkpoint.last_error

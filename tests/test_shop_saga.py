@@ -1,0 +1,178 @@
+"""The shop's OrderFulfillment saga, end to end over HTTP in the embedded mode (tasks run on commit).
+
+Every test here commits for real (transactional_db): the on-commit nudges run
+the saga and the projections in-process, as `runserver` does with no broker.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.db import connection
+
+from eventsourcing_app.models import SagaState, SagaStatus
+from eventsourcing_app.store import EventStore
+from eventsourcing_app.testing import wait_until_caught_up
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def command(client, command_type: str, body: dict) -> dict:
+    response = client.post(f"/api/commands/{command_type}/", body, format="json")
+    assert response.status_code in (200, 201), response.content
+    return response.json()
+
+
+def place(client, sku: str, quantity: int, unit_price: str = "10.00") -> str:
+    body = {"customer_id": "ada", "items": [{"sku": sku, "quantity": quantity, "unit_price": unit_price}]}
+    return command(client, "PlaceOrder", body)["aggregate_id"]
+
+
+def order_status(client, order_id: str) -> str:
+    response = client.get(f"/api/orders/{order_id}/")
+    assert response.status_code == 200, response.content
+    return response.json()["status"]
+
+
+def inventory(client, sku: str) -> tuple[int, int]:
+    body = client.get(f"/api/inventory/{sku}/").json()
+    return body["available"], body["reserved"]
+
+
+def event_types(stream_id: str) -> list[str]:
+    return [e.event_type for e in EventStore().read_stream(stream_id)]
+
+
+def test_an_order_with_stock_and_an_acceptable_total_is_confirmed(api_client) -> None:
+    command(api_client, "AddStock", {"sku": "SKU-OK", "quantity": 5})
+    order_id = place(api_client, "SKU-OK", 2)
+    wait_until_caught_up()
+    assert order_status(api_client, order_id) == "confirmed"
+    assert inventory(api_client, "SKU-OK") == (3, 2)
+    saga = SagaState.objects.get(saga_type="OrderFulfillment", correlation_id=order_id)
+    assert (saga.status, saga.current_step, saga.deadline) == (SagaStatus.COMPLETED, "confirm_order", None)
+    assert event_types(f"Order-{order_id}") == ["OrderPlaced", "OrderConfirmed"]
+    assert event_types(f"Payment-{order_id}") == ["PaymentAuthorised"]
+
+
+def test_an_order_short_of_stock_is_cancelled_and_reserves_nothing(api_client) -> None:
+    command(api_client, "AddStock", {"sku": "SKU-FEW", "quantity": 1})
+    order_id = place(api_client, "SKU-FEW", 2)
+    wait_until_caught_up()
+    assert order_status(api_client, order_id) == "cancelled"
+    assert inventory(api_client, "SKU-FEW") == (1, 0)
+    assert event_types("Inventory-SKU-FEW") == ["StockAdded"]
+    assert event_types(f"Order-{order_id}") == ["OrderPlaced", "OrderCancelled"]
+    assert EventStore().read_stream(f"Order-{order_id}")[-1].data.reason == "out of stock"
+    saga = SagaState.objects.get(correlation_id=order_id)
+    assert saga.status == SagaStatus.COMPENSATED
+    assert "reserve_stock" in saga.last_error
+
+
+def test_a_declined_payment_releases_the_stock_and_cancels_the_order(api_client, settings) -> None:
+    settings.SHOP_PAYMENT_LIMIT = "100.00"
+    command(api_client, "AddStock", {"sku": "SKU-DEAR", "quantity": 5})
+    order_id = place(api_client, "SKU-DEAR", 2, unit_price="60.00")
+    wait_until_caught_up()
+    assert order_status(api_client, order_id) == "cancelled"
+    assert inventory(api_client, "SKU-DEAR") == (5, 0)
+    assert event_types("Inventory-SKU-DEAR") == ["StockAdded", "StockReserved", "StockReleased"]
+    assert event_types(f"Payment-{order_id}") == ["PaymentDeclined"]
+    cancelled = EventStore().read_stream(f"Order-{order_id}")[-1]
+    assert cancelled.event_type == "OrderCancelled"
+    assert cancelled.data.reason.startswith("payment declined")
+    saga = SagaState.objects.get(correlation_id=order_id)
+    assert saga.status == SagaStatus.COMPENSATED
+    compensated = [entry["command_type"] for entry in saga.history if entry["kind"] == "compensated"]
+    assert compensated == ["ReleaseStock", "CancelOrder"]  # newest step first
+
+
+def test_saga_commands_carry_the_orders_correlation_id_and_their_cause(api_client) -> None:
+    command(api_client, "AddStock", {"sku": "SKU-TRACE", "quantity": 1})
+    response = api_client.post(
+        "/api/commands/PlaceOrder/",
+        {"customer_id": "ada", "items": [{"sku": "SKU-TRACE", "quantity": 1, "unit_price": "1.00"}]},
+        format="json",
+        HTTP_X_CORRELATION_ID="trace-42",
+    )
+    order_id = response.json()["aggregate_id"]
+    store = EventStore()
+    placed, confirmed = store.read_stream(f"Order-{order_id}")
+    reserved = store.read_stream("Inventory-SKU-TRACE")[-1]
+    (authorised,) = store.read_stream(f"Payment-{order_id}")
+    assert {e.metadata["correlation_id"] for e in (placed, reserved, authorised, confirmed)} == {"trace-42"}
+    assert reserved.metadata["causation_id"] == str(placed.event_id)
+    assert authorised.metadata["causation_id"] == str(reserved.event_id)
+    assert confirmed.metadata["causation_id"] == str(authorised.event_id)
+    assert confirmed.metadata["custom"] == {"saga": "OrderFulfillment", "saga_id": order_id}
+
+
+def test_a_customer_cancelling_mid_saga_gets_the_stock_back(api_client, without_sagas) -> None:
+    """The order is cancelled before the saga hears of it: ReserveStock is refused, nothing stays reserved."""
+    from eventsourcing_app.projections import ProjectionRunner
+    from eventsourcing_app.sagas import saga_registry
+
+    command(api_client, "AddStock", {"sku": "SKU-MID", "quantity": 3})
+    order_id = place(api_client, "SKU-MID", 2)
+    command(api_client, "CancelOrder", {"order_id": order_id, "reason": "changed my mind"})
+    ProjectionRunner(saga_registry.manager("OrderFulfillment")).run()
+    wait_until_caught_up()
+    assert order_status(api_client, order_id) == "cancelled"
+    assert inventory(api_client, "SKU-MID") == (3, 0)
+    assert event_types(f"Order-{order_id}") == ["OrderPlaced", "OrderCancelled"]  # cancelled once, not twice
+    assert SagaState.objects.get(correlation_id=order_id).status in (SagaStatus.COMPENSATED, SagaStatus.FAILED)
+
+
+def test_cancelling_a_confirmed_order_releases_its_reservation(api_client) -> None:
+    command(api_client, "AddStock", {"sku": "SKU-BACK", "quantity": 4})
+    order_id = place(api_client, "SKU-BACK", 3)
+    wait_until_caught_up()
+    assert order_status(api_client, order_id) == "confirmed"
+    command(api_client, "CancelOrder", {"order_id": order_id, "reason": "returned"})
+    wait_until_caught_up()
+    assert order_status(api_client, order_id) == "cancelled"
+    assert inventory(api_client, "SKU-BACK") == (4, 0)
+
+
+def test_racing_orders_never_oversell(api_client, client_for, superuser) -> None:
+    """25 concurrent PlaceOrder requests for one unit each of 10 in stock: exactly 10 confirmed."""
+    command(api_client, "AddStock", {"sku": "SKU-RACE", "quantity": 10})
+    barrier = threading.Barrier(25)
+    order_ids: list[str] = []
+    errors: list[BaseException] = []
+
+    def order() -> None:
+        client = client_for(superuser)
+        try:
+            barrier.wait()
+            order_ids.append(place(client, "SKU-RACE", 1))
+        except BaseException as exc:  # reported below, with the others
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=order) for _ in range(25)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    wait_until_caught_up(run=True, sagas=True)
+    statuses = [order_status(api_client, order_id) for order_id in order_ids]
+    assert (statuses.count("confirmed"), statuses.count("cancelled")) == (10, 15)
+    assert inventory(api_client, "SKU-RACE") == (0, 10)
+    available = 0
+    for event in EventStore().read_stream("Inventory-SKU-RACE"):
+        available += {"StockAdded": 1, "StockReleased": 1}.get(event.event_type, -1) * event.data.quantity
+        assert available >= 0, f"stock went negative at version {event.version}"
+    assert available == 0
+    assert SagaState.objects.filter(status=SagaStatus.COMPLETED).count() == 10
+    assert SagaState.objects.filter(status=SagaStatus.COMPENSATED).count() == 15
+
+
+def test_the_order_total_is_a_decimal_string(api_client) -> None:
+    command(api_client, "AddStock", {"sku": "SKU-D", "quantity": 1})
+    order_id = place(api_client, "SKU-D", 1, unit_price="19.99")
+    body = api_client.get(f"/api/orders/{order_id}/").json()
+    assert body["total"] == "19.99"
