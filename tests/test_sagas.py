@@ -282,3 +282,52 @@ def test_a_saga_needs_a_correlation(registered) -> None:
     checkpoint = Checkpoint.objects.get(name=f"saga:{saga.name}")
     assert checkpoint.status == CheckpointStatus.FAILED
     assert "correlation_field" in checkpoint.last_error
+
+
+def test_an_event_redelivered_to_a_running_instance_is_handled_once(registered) -> None:
+    saga = registered(Deadline)
+    order_id = place_order()
+    run(saga)
+    Checkpoint.objects.filter(name=f"saga:{saga.name}").update(position=0)  # OrderPlaced is delivered again
+    run(saga)
+    state = state_of(saga, order_id)
+    assert state.status == SagaStatus.RUNNING
+    assert ran("deadline-") == ["deadline-hold"]
+    assert [entry["kind"] for entry in state.history] == ["event", "command"]
+
+
+def test_timeout_commands_carry_the_correlation_id_of_the_event_that_started_the_saga(registered) -> None:
+    saga = registered(Deadline)
+    body = {"customer_id": "c", "items": [{"sku": "S", "quantity": 1, "unit_price": "1"}]}
+    order_id = dispatch(PlaceOrder(**body), correlation_id="corr-timeout").aggregate_id
+    run(saga)
+    saga_registry.manager(saga.name).fire_timeouts(now=timezone.now() + timedelta(minutes=6))
+    (release,) = [
+        e for e in EventStore().iter_all() if e.event_type == "StockAdded" and e.data.sku == "deadline-release"
+    ]
+    assert release.metadata["correlation_id"] == "corr-timeout"
+    assert release.metadata["causation_id"] == f"saga:{saga.name}:timeout"
+    assert state_of(saga, order_id).trace_id == "corr-timeout"
+
+
+def test_a_lost_race_is_retried_not_compensated(registered, monkeypatch) -> None:
+    """A ConcurrencyError that outlasts the bus's retries makes the runner retry the batch; the saga goes on."""
+    from eventsourcing_app.exceptions import ConcurrencyError
+
+    saga = registered(ThreeSteps)
+    saga.fourth_refused = False
+    order_id = place_order()
+    manager = saga_registry.manager(saga.name)
+    original, losses = manager._dispatch, []
+
+    def lose_once(*args, **kwargs):
+        if not losses:
+            losses.append(1)
+            raise ConcurrencyError("Inventory-do-a", 1, 2)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(manager, "_dispatch", lose_once)
+    run(saga)
+    assert state_of(saga, order_id).status == SagaStatus.COMPLETED
+    assert ran("do-") == ["do-a", "do-b", "do-c"]
+    assert ran("undo-") == []

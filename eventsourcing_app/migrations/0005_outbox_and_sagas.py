@@ -47,6 +47,7 @@ class Migration(migrations.Migration):
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('saga_type', models.CharField(max_length=100, verbose_name='saga type')),
                 ('correlation_id', models.CharField(max_length=255, verbose_name='correlation id')),
+                ('trace_id', models.CharField(blank=True, default='', help_text='Correlation id of the event that started the saga: every command it issues carries it.', max_length=255, verbose_name='trace id')),
                 ('status', models.CharField(choices=[('started', 'started'), ('running', 'running'), ('completed', 'completed'), ('failed', 'failed'), ('compensating', 'compensating'), ('compensated', 'compensated'), ('compensation_failed', 'compensation failed')], default='started', max_length=30, verbose_name='status')),
                 ('current_step', models.CharField(blank=True, default='', max_length=100, verbose_name='current step')),
                 ('data', models.JSONField(blank=True, default=dict, verbose_name='data')),

@@ -34,6 +34,13 @@ class SagaState(models.Model):
 
     saga_type = models.CharField(_("saga type"), max_length=100)
     correlation_id = models.CharField(_("correlation id"), max_length=255)
+    trace_id = models.CharField(
+        _("trace id"),
+        max_length=255,
+        blank=True,
+        default="",
+        help_text=_("Correlation id of the event that started the saga: every command it issues carries it."),
+    )
     status = models.CharField(_("status"), max_length=30, choices=SagaStatus.choices, default=SagaStatus.STARTED)
     current_step = models.CharField(_("current step"), max_length=100, blank=True, default="")
     data = models.JSONField(_("data"), default=dict, blank=True)

@@ -99,15 +99,16 @@ def pending_events(projection: Projection, position: int, store: EventStore) -> 
 
 
 def resume(name: str) -> None:
-    """Let a failed or paused projection run again from its checkpoint (after a fix)."""
-    projection_registry.lookup(name)
+    """Let a failed or paused projection (or saga manager, `saga:<Name>`) run again from its checkpoint."""
+    runnable(name)
     Checkpoint.objects.filter(name=name).update(
         status=CheckpointStatus.RUNNING, last_error="", failed_position=None, updated_at=timezone.now()
     )
 
 
 def pause(name: str) -> None:
-    projection_registry.lookup(name)
+    """Stop a projection (or saga manager) at its checkpoint until it is resumed."""
+    runnable(name)
     Checkpoint.objects.get_or_create(name=name)
     Checkpoint.objects.filter(name=name).update(status=CheckpointStatus.PAUSED, updated_at=timezone.now())
 

@@ -56,6 +56,8 @@ class ProjectionRunner:
         self.using = self.store.using
         self.statuses = (CheckpointStatus.RUNNING,)
         self._checkpoint_exists = False
+        # What a failed batch is retried after (with backoff), rather than searched for a poison event.
+        self.transient_errors = (*TRANSIENT_ERRORS, *getattr(projection, "transient_errors", ()))
 
     @property
     def batch_size(self) -> int:
@@ -85,9 +87,10 @@ class ProjectionRunner:
         for attempt in range(1, es_settings.PROJECTION_RETRIES + 1):
             try:
                 return self._run_batch()
-            except TRANSIENT_ERRORS as exc:
-                logger.warning("projection=%s transient database error (attempt %s): %s", self.name, attempt, exc)
-                close_old_connections()
+            except self.transient_errors as exc:
+                logger.warning("projection=%s transient error (attempt %s): %s", self.name, attempt, exc)
+                if isinstance(exc, TRANSIENT_ERRORS):
+                    close_old_connections()  # a broken connection is replaced
                 time.sleep(min(0.05 * 2**attempt, 2.0))
         return self._run_batch(one_by_one=True)
 
@@ -117,7 +120,7 @@ class ProjectionRunner:
             self._apply(position, wanted, end)
         except LeaseLostError:
             return None
-        except TRANSIENT_ERRORS:
+        except self.transient_errors:
             raise
         except Exception:
             return self._apply_one_by_one(position, wanted, end)

@@ -12,8 +12,11 @@ Each instance's row is locked (SELECT … FOR UPDATE on PostgreSQL; SQLite's
 write transactions are exclusive) and written back only over the version it was
 read at, so a timeout firing in another worker never interleaves with it. An
 event id already in `processed_event_ids` is skipped. Commands carry the
-triggering event's correlation id, the event as causation, and an idempotency
-key made of the saga type, the correlation id and the step name.
+correlation id of the event that started the instance (its `trace_id`), the
+triggering event as causation, and an idempotency
+key made of the saga type, the correlation id and the step name. A
+`ConcurrencyError` that outlasts the command bus's retries is transient here:
+the runner retries the batch rather than the saga failing over a lost race.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ logger = logging.getLogger("eventsourcing_app.sagas")
 
 # A step's command refused for these reasons makes the saga fail and compensate; other errors are bugs
 # or outages, and go to the runner (retried when transient, else the saga's on_error policy).
-REFUSALS = (CommandRejectedError, CommandValidationError, StreamNotFoundError, ConcurrencyError)
+REFUSALS = (CommandRejectedError, CommandValidationError, StreamNotFoundError)
 CHECKPOINT_PREFIX = "saga:"
 # Processed event ids and history entries kept per instance: enough for any redelivery and for
 # an operator to follow the saga, bounded for long-lived ones.
@@ -73,6 +76,8 @@ class SagaManager:
 
     kind = ASYNC
     categories: tuple[str, ...] = ()
+    # Errors after which the runner retries the batch (with backoff) instead of treating the event as poison.
+    transient_errors = (ConcurrencyError,)
 
     def __init__(self, saga: Saga, *, store: EventStore | None = None) -> None:
         self.saga = saga
@@ -124,6 +129,7 @@ class SagaManager:
         return SagaState(
             saga_type=self.saga.name,
             correlation_id=correlation_id,
+            trace_id=event.metadata.get("correlation_id") or "",
             tenant_id=event.metadata.get("tenant_id") or "",
             started_at=now,
             updated_at=now,
@@ -214,7 +220,7 @@ class SagaManager:
                     _log(state, "compensated", step=step, command_type=None, events=[])
                     return True
                 result = self._dispatch(instance, command, key=f"compensate:{step}", cause=cause, label=label)
-            except TRANSIENT_ERRORS:
+            except (*TRANSIENT_ERRORS, ConcurrencyError):
                 raise
             except Exception as exc:
                 logger.warning(
@@ -246,7 +252,7 @@ class SagaManager:
         self, instance: SagaInstance, command: Command, *, key: str, cause: RecordedEvent | None, label: str
     ) -> CommandResult:
         state = instance.state
-        correlation_id = (cause.metadata.get("correlation_id") if cause else None) or state.correlation_id
+        correlation_id = state.trace_id or state.correlation_id
         context = CommandContext(
             correlation_id=correlation_id,
             causation_id=str(cause.event_id) if cause else f"{CHECKPOINT_PREFIX}{self.saga.name}:{label}",

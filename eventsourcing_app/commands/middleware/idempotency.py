@@ -24,6 +24,13 @@ from ...models import IdempotencyRecord
 from ..base import Command, CommandContext, CommandResult
 from . import Middleware, Next
 
+# PostgreSQL: query_canceled (statement_timeout) and lock_not_available (lock_timeout).
+WAIT_ENDED = frozenset({"57014", "55P03"})
+
+
+def _sqlstate(error: DatabaseError) -> str | None:
+    return getattr(error.__cause__, "sqlstate", None)
+
 
 def request_hash(command: Command) -> str:
     """SHA-256 of the command type and its validated data, in a canonical JSON form."""
@@ -79,8 +86,10 @@ class IdempotencyMiddleware(Middleware):
                 )
                 row = cursor.fetchone()
         except DatabaseError as exc:
-            # The wait for a duplicate outlasted the statement's time limit: it is still running.
-            raise IdempotencyInProgressError() from exc
+            if _sqlstate(exc) in WAIT_ENDED:
+                # The wait for a duplicate outlasted the statement's time limit: it is still running.
+                raise IdempotencyInProgressError() from exc
+            raise
         return None if row is None else row[0]
 
     def _replay(self, records, command: Command, fingerprint: str) -> CommandResult | None:
