@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--lease-seconds", type=float, default=30.0)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds the publisher sleeps after each call")
+    parser.add_argument("--message-delay", type=float, default=0.0, help="seconds the publisher takes per message")
     parser.add_argument("--until-empty", action="store_true", help="keep going until no message is pending")
     return parser
 
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
     overrides = {
         **settings.EVENTSOURCING,
-        "OUTBOX_DESTINATIONS": destination_config(args.file, delay=args.delay),
+        "OUTBOX_DESTINATIONS": destination_config(args.file, delay=args.delay, message_delay=args.message_delay),
         "OUTBOX_ROUTES": [],
         "OUTBOX_LEASE_SECONDS": args.lease_seconds,
     }

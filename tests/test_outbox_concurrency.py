@@ -39,8 +39,9 @@ PINGED = "tests.outbox.Pinged"
 RUN_TIMEOUT = 120.0
 
 
-def seed_messages(count: int, streams: int, seed: int = 0) -> list[str]:
-    """`count` pending messages spread at random over `streams` streams (ids interleave); their message ids."""
+def seed_messages(count: int, streams: int | None, seed: int = 0) -> list[str]:
+    """`count` pending messages spread at random over `streams` streams (ids interleave), or each on a stream
+    of its own (None, like the shop's orders); their message ids."""
     rng = random.Random(seed)
     now = timezone.now()
     rows = []
@@ -52,7 +53,7 @@ def seed_messages(count: int, streams: int, seed: int = 0) -> list[str]:
                 destination=DESTINATION,
                 event_id=event_id,
                 position=position,
-                stream_id=f"Stress-{rng.randrange(streams)}",
+                stream_id=f"Stress-{position if streams is None else rng.randrange(streams)}",
                 event_type=PINGED,
                 payload={"position": position},
                 available_at=now,
@@ -137,6 +138,29 @@ def test_three_processors_deliver_every_message_exactly_once(start_processors, t
 @pytest.mark.slow
 def test_four_processors_deliver_twenty_thousand_messages_exactly_once(start_processors, tmp_path: Path) -> None:
     _run_processors_together(start_processors, tmp_path, messages=20_000, processors=4)
+
+
+def test_slow_publishing_under_a_short_lease_sends_no_message_twice(start_processors, tmp_path: Path) -> None:
+    """Wide rounds of a slow publisher outlast the lease: a processor must keep it while it publishes.
+
+    30 streams of one message each; the processors claim 20 and 10. At 0.1 s per message the first
+    batch takes 2 s against a 1 s lease: the second processor, done after 1 s, keeps claiming what is
+    due, and would take (and send again) whatever of the first batch the lease no longer covers.
+    """
+    ids = seed_messages(30, streams=None)
+    record_file = tmp_path / "deliveries.jsonl"
+    procs = start_processors(
+        2, record_file, "--batch-size", "20", "--message-delay", "0.1", "--lease-seconds", "1", "--until-empty"
+    )
+    # Losing the lease mid-batch, they would take each other's batch over and over, recording nothing: no end.
+    results = results_of(procs, timeout=30)
+
+    received = Counter(delivered_ids(record_file))
+    assert [message for message, times in received.items() if times > 1] == []  # none twice…
+    assert set(received) == set(ids)  # …and every one delivered
+    assert sum(result["delivered"] for result in results) == 30
+    assert set(OutboxMessage.objects.values_list("status", "attempts").distinct()) == {(OutboxStatus.DELIVERED, 1)}
+    assert all(result["delivered"] for result in results)  # both published, side by side
 
 
 def test_a_processor_killed_mid_batch_loses_nothing(start_processors, tmp_path: Path, settings) -> None:

@@ -27,7 +27,15 @@ from prometheus_client import REGISTRY, generate_latest
 
 from eventsourcing_app.exceptions import OutboxConfigurationError
 from eventsourcing_app.models import OutboxMessage, OutboxStatus
-from eventsourcing_app.outbox import OutboxProcessor, Publisher, backoff_delay, message_id_for, requeue_dead
+from eventsourcing_app.outbox import (
+    OutboxProcessor,
+    Publisher,
+    backoff_delay,
+    discard,
+    message_id_for,
+    requeue_dead,
+    retry_now,
+)
 from eventsourcing_app.outbox.hooks import PENDING_KEY
 from eventsourcing_app.outbox.publishers import OutgoingMessage
 from eventsourcing_app.store import EventStore, NewEvent
@@ -53,6 +61,29 @@ class MiscountingPublisher(Publisher):
 
     def publish_many(self, messages: list[OutgoingMessage]) -> list[BaseException | None]:
         return []
+
+
+# What LeaseWatchingPublisher saw: (message id, seconds of lease the processor had left as the message arrived).
+arrivals: list[tuple[str, float]] = []
+
+
+class LeaseWatchingPublisher(Publisher):
+    """Sends one message at a time in `seconds` each (as a webhook does) and notes the lease left at each arrival.
+
+    With `discard_stream`, an operator discards that stream's message while the first message is on its way.
+    """
+
+    def __init__(self, *, owner: str, seconds: float = 0.1, discard_stream: str = "") -> None:
+        self.owner, self.seconds, self.discard_stream = owner, seconds, discard_stream
+
+    def publish(self, message: OutgoingMessage) -> None:
+        if self.discard_stream:
+            discard(OutboxMessage.objects.filter(stream_id=self.discard_stream))
+            self.discard_stream = ""
+        time.sleep(self.seconds)
+        row = OutboxMessage.objects.get(message_id=message.message_id)
+        left = (row.lease_expires_at - timezone.now()).total_seconds() if row.lease_owner == self.owner else -1.0
+        arrivals.append((message.message_id, left))
 
 
 @pytest.fixture
@@ -157,6 +188,50 @@ def test_an_expired_lease_lets_another_processor_take_over(configure, record_fil
     assert set(statuses().values()) == {(OutboxStatus.DELIVERED, 1)}
 
 
+def _lease_watching(configure, owner: str, **options: Any) -> None:
+    arrivals.clear()
+    publisher = {
+        "PUBLISHER": "tests.test_outbox_processor.LeaseWatchingPublisher",
+        "OPTIONS": {"owner": owner, **options},
+    }
+    configure(destinations={DESTINATION: publisher}, OUTBOX_LEASE_SECONDS=1)
+
+
+@pytest.mark.django_db
+def test_a_batch_longer_than_its_lease_keeps_the_lease_on_every_message_it_sends(configure) -> None:
+    # One round of 12 streams at 0.1 s per message: 1.2 s of publishing under a 1 s lease.
+    _lease_watching(configure, owner="keeper")
+    ids = [message_id for n in range(12) for message_id in append(f"Order-6{n:02}", PINGED)]
+    with OutboxProcessor(owner="keeper") as processor:
+        result = processor.run()
+
+    assert (result.delivered, result.failed, result.released) == (12, 0, 0)
+    assert sorted(message_id for message_id, _ in arrivals) == sorted(ids)  # each sent once
+    assert min(left for _, left in arrivals) > 0  # and never after its lease could have run out
+    assert set(statuses().values()) == {(OutboxStatus.DELIVERED, 1)}  # messages held back by the deadline: no attempt
+
+
+@pytest.mark.django_db
+def test_a_batch_that_cannot_renew_its_whole_lease_stops_and_gives_the_rest_back_unsent(configure) -> None:
+    # The operator discards the last stream's message while the first is sent: the renewal finds it gone.
+    _lease_watching(configure, owner="keeper", discard_stream="Order-709")
+    ids = [message_id for n in range(10) for message_id in append(f"Order-7{n:02}", PINGED)]
+    with OutboxProcessor(owner="keeper") as processor:
+        result = processor.process_batch()
+
+    sent = [message_id for message_id, _ in arrivals]
+    assert OutboxMessage.objects.get(stream_id="Order-709").status == OutboxStatus.DISCARDED
+    assert 1 <= result.delivered == len(sent) < 9
+    assert result.released == 9 - len(sent)
+    assert min(left for _, left in arrivals) > 0
+    given_back = OutboxMessage.objects.filter(status=OutboxStatus.PENDING)
+    assert {str(m) for m in given_back.values_list("message_id", flat=True)} == set(ids[:9]) - set(sent)
+    assert set(given_back.values_list("attempts", "lease_owner")) == {(0, "")}  # free for the next claim, untried
+    with OutboxProcessor(owner="keeper") as processor:
+        assert processor.run().delivered == 9 - len(sent)
+    assert sorted(message_id for message_id, _ in arrivals) == sorted(ids[:9])
+
+
 # ---------------------------------------------------------------- failures
 def test_backoff_is_exponential_capped_and_jittered(settings) -> None:
     settings.EVENTSOURCING = {**settings.EVENTSOURCING, "OUTBOX_RETRY_BASE_DELAY": 1.0, "OUTBOX_RETRY_MAX_DELAY": 30.0}
@@ -251,19 +326,34 @@ def test_a_destination_that_cannot_be_built_waits_while_others_deliver(configure
 # ---------------------------------------------------------------- order per stream and destination
 @pytest.mark.django_db
 def test_a_failure_holds_its_stream_back_and_a_dead_letter_releases_it(configure, record_file: Path) -> None:
-    configure(publisher={"fail_event_types": [POISON]}, OUTBOX_MAX_ATTEMPTS=2)
+    # An hour of backoff: no stall of a loaded machine can end it between two statements, so the hold-back
+    # check cannot race it; the test ends it itself (retry_now), as an operator would.
+    configure(
+        publisher={"fail_event_types": [POISON]},
+        OUTBOX_MAX_ATTEMPTS=2,
+        OUTBOX_RETRY_BASE_DELAY=3600,
+        OUTBOX_RETRY_MAX_DELAY=3600,
+    )
     poison, after_poison, last = append("Order-11", POISON, PINGED, PINGED)
     other = append("Order-12", PINGED, PINGED)
+    # Only the processor below may touch these messages (no commit nudge runs inside the test's transaction).
+    assert set(statuses().values()) == {(OutboxStatus.PENDING, 0)}
     processor = OutboxProcessor()
 
     first = processor.process_batch()
-    assert (first.delivered, first.failed, first.released) == (2, 1, 2)
+    assert (first.claimed, first.delivered, first.failed, first.dead, first.released) == (5, 2, 1, 0, 2)
     assert delivered_ids(record_file) == other
+    assert statuses()[poison] == (OutboxStatus.PENDING, 1)
     assert statuses()[after_poison] == statuses()[last] == (OutboxStatus.PENDING, 0)
     assert processor.process_batch().claimed == 0  # held back while the poison message waits for its retry
 
-    process_until_idle(processor)
+    assert retry_now(OutboxMessage.objects.filter(message_id=poison)) == 1
+    retried = processor.process_batch()
+    # The poison's last attempt fails: a dead letter; the messages behind it were held back once more.
+    assert (retried.claimed, retried.delivered, retried.failed, retried.dead, retried.released) == (3, 0, 1, 1, 2)
     assert statuses()[poison] == (OutboxStatus.DEAD, 2)
+
+    process_until_idle(processor)  # the dead letter no longer blocks its stream
     assert delivered_ids(record_file) == [*other, after_poison, last]
 
 

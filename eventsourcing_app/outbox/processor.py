@@ -10,9 +10,24 @@ to expire; the messages are then claimed again, so nothing is lost, and a
 message whose delivery the dead processor did not record is sent again, under
 the same `message_id`, which receivers de-duplicate by. While the lease holds,
 no other processor takes the message: with no crash and no stall, a message is
-sent exactly once. A long batch renews its lease between publish calls once half
-of it has passed, so keep OUTBOX_LEASE_SECONDS well above what one `publish_many`
-call of a whole batch may take (timeouts included).
+sent exactly once.
+
+Keeping the lease while publishing. A batch can take far longer than the lease
+(500 webhooks of 100 ms each), so the processor keeps it as it goes, timed from
+the start of the claim or renewal statement (a conservative reading of when the
+lease began): before each `publish_many` call, once a quarter of the lease has
+passed, it renews the lease of every message of the batch not given back yet
+(sent but unrecorded ones included, so that none is claimed again before it is
+recorded). No message is started once half the lease has passed since then:
+`publish_each` (the webhook, Celery, RabbitMQ and default publishers) stops
+there and answers `NotSent` for the rest, which go out after the renewal; the
+other half is the margin for the message in flight, so one message's send
+(timeouts included) must take well under half of OUTBOX_LEASE_SECONDS. Calls are
+sized from the time the destination's messages have been taking, to last at most
+a quarter of the lease: a slow publisher gets small calls, a fast one (a Redis
+pipeline) whole rounds in one call. When the renewal finds a message no longer
+ours (a stall past the lease, an operator's discard) or fails, the processor
+stops publishing the batch, gives the rest back unsent and records what it did.
 
 Order per stream and destination. A message is claimed only together with
 every earlier message (lower id) of the same stream to the same destination
@@ -49,7 +64,7 @@ from typing import Any
 
 import msgspec
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connections, router
+from django.db import DatabaseError, connections, router
 from django.utils import timezone
 
 from ..conf import es_settings
@@ -57,6 +72,7 @@ from ..exceptions import OutboxConfigurationError, PublishError
 from ..models import OutboxMessage
 from ..projections.runner import worker_id
 from . import metrics, statements
+from .publishers._batch import NotSent, sending_until
 from .publishers.base import OutgoingMessage, Publisher
 from .routes import Destination, destinations
 
@@ -66,6 +82,12 @@ logger = logging.getLogger("eventsourcing_app.outbox")
 ERROR_LIMIT = 4000
 # Errors building a publisher that no retry can cure: its destination is skipped for the rest of the run.
 CONFIGURATION_ERRORS = (ImproperlyConfigured, TypeError, ValueError)
+# Shares of OUTBOX_LEASE_SECONDS, counted from the start of the last claim or renewal: the lease is renewed
+# before a publish call once RENEW_AFTER of it has passed; a call is sized to last at most CALL_SHARE of it;
+# no message is started once SEND_WITHIN of it has passed (the rest is the margin for the message in flight).
+RENEW_AFTER = 0.25
+CALL_SHARE = 0.25
+SEND_WITHIN = 0.5
 _decoder = msgspec.json.Decoder()
 
 
@@ -171,7 +193,10 @@ class OutboxProcessor:
         self.using = using or router.db_for_write(OutboxMessage)
         self.broken: dict[str, str] = {}
         self._publishers: dict[str, Publisher] = {}
+        # time.monotonic() when the last claim or renewal started: the lease runs from no earlier than that.
         self._leased_at = 0.0
+        # Per destination, seconds one message has been taking (how publish calls are sized).
+        self._pace: dict[str, float] = {}
 
     # ---------------------------------------------------------------- running
     def run(self, *, seconds: float | None = None, should_stop: Callable[[], bool] = lambda: False) -> BatchResult:
@@ -214,6 +239,7 @@ class OutboxProcessor:
         if not names:
             return []
         connection = connections[self.using]
+        started = time.monotonic()  # before the expiry is computed: the lease ends no later than started + lease
         now = timezone.now()
         adapt = connection.ops.adapt_datetimefield_value
         sql, params = statements.claim(
@@ -227,12 +253,15 @@ class OutboxProcessor:
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             rows = cursor.fetchall()
-        self._leased_at = time.monotonic()
+        self._leased_at = started
         return sorted((_claimed(row) for row in rows), key=lambda message: message.id)
 
     @staticmethod
-    def _lease_expiry(now: datetime) -> datetime:
-        return now + timedelta(seconds=float(es_settings.OUTBOX_LEASE_SECONDS))
+    def _lease_seconds() -> float:
+        return float(es_settings.OUTBOX_LEASE_SECONDS)
+
+    def _lease_expiry(self, now: datetime) -> datetime:
+        return now + timedelta(seconds=self._lease_seconds())
 
     # ---------------------------------------------------------------- publishing
     def _publish(self, claimed: list[ClaimedMessage]) -> _Outcomes:
@@ -240,10 +269,14 @@ class OutboxProcessor:
         by_destination: dict[str, list[ClaimedMessage]] = defaultdict(list)
         for message in claimed:
             by_destination[message.destination].append(message)
+        stopped = False
         for destination, messages in by_destination.items():
+            if stopped:  # the lease could not be kept: the rest goes back unsent
+                outcomes.released.extend(messages)
+                continue
             publisher = self._publisher(destination, messages, outcomes)
-            if publisher is not None and not self._publish_in_rounds(publisher, messages, claimed, outcomes):
-                break  # the lease is lost: another processor has these messages now
+            if publisher is not None:
+                stopped = not self._publish_in_rounds(publisher, messages, claimed, outcomes)
         return outcomes
 
     def _publisher(self, destination: str, messages: list[ClaimedMessage], outcomes: _Outcomes) -> Publisher | None:
@@ -269,53 +302,120 @@ class OutboxProcessor:
     def _publish_in_rounds(
         self, publisher: Publisher, messages: list[ClaimedMessage], claimed: list[ClaimedMessage], outcomes: _Outcomes
     ) -> bool:
-        """Publish one destination's messages, one per stream per call; False if the lease was lost."""
+        """Publish one destination's messages, one per stream per call; False if the lease could not be kept.
+
+        A round (each stream's next message) goes out in as many calls as the lease needs; a
+        message a call left unsent for lack of time is sent after the renewal, still before
+        its stream's next one.
+        """
+        destination = messages[0].destination
         queues: dict[str, deque[ClaimedMessage]] = defaultdict(deque)
         for message in messages:
             queues[message.stream_id].append(message)
-        while queues:
+        round_: deque[ClaimedMessage] = deque()
+        while round_ or queues:
+            if not round_:
+                round_ = deque(queue.popleft() for queue in queues.values())
+                queues = {stream: queue for stream, queue in queues.items() if queue}
             if not self._keep_lease(claimed, outcomes):
+                outcomes.released.extend(round_)
+                outcomes.released.extend(message for queue in queues.values() for message in queue)
                 return False
-            round_ = [queue.popleft() for queue in queues.values()]
-            for message, result in zip(round_, self._send(publisher, round_), strict=True):
+            call = [round_.popleft() for _ in range(min(len(round_), self._call_size(destination)))]
+            unsent = []
+            for message, result in zip(call, self._send(publisher, call), strict=True):
                 if result is None:
                     outcomes.delivered.append(message)
+                elif isinstance(result, NotSent):
+                    unsent.append(message)
                 else:
                     outcomes.failed.append((message, result))
-                    outcomes.released.extend(queues.pop(message.stream_id))
-            queues = {stream: queue for stream, queue in queues.items() if queue}
+                    outcomes.released.extend(queues.pop(message.stream_id, ()))
+            round_.extendleft(reversed(unsent))
         return True
 
-    @staticmethod
-    def _send(publisher: Publisher, messages: list[ClaimedMessage]) -> list[BaseException | None]:
-        """publish_many, with a publisher that raises (or miscounts) failing the whole call."""
+    def _call_size(self, destination: str) -> int:
+        """Messages for the next call: what the destination's pace fits in CALL_SHARE of the lease.
+
+        Before the first call there is no pace yet: the whole round goes, bounded by the
+        deadline for publishers that send one message at a time.
+        """
+        pace = self._pace.get(destination)
+        if pace is None:
+            return self.batch_size
+        return max(1, int(self._lease_seconds() * CALL_SHARE / pace))
+
+    def _send(self, publisher: Publisher, messages: list[ClaimedMessage]) -> list[BaseException | None]:
+        """publish_many under this lease's deadline, with a publisher that raises (or miscounts) failing the call."""
+        lease = self._lease_seconds()
+        deadline = self._leased_at + lease * SEND_WITHIN
+        started = time.monotonic()
         try:
-            results = list(publisher.publish_many([message.outgoing() for message in messages]))
+            with sending_until(deadline):
+                results = list(publisher.publish_many([message.outgoing() for message in messages]))
         except Exception as exc:
-            return [exc] * len(messages)
+            results = [exc] * len(messages)
+        ended = time.monotonic()
+        name = type(publisher).__name__
         if len(results) != len(messages):
-            name = type(publisher).__name__
             error = PublishError(f"{name}.publish_many() returned {len(results)} results for {len(messages)} messages.")
-            return [error] * len(messages)
+            results = [error] * len(messages)
+        if ended < deadline and any(isinstance(result, NotSent) for result in results):
+            # NotSent is only for the deadline: taken at its word before it, no call would ever finish a round.
+            error = PublishError(f"{name}.publish_many() answered NotSent before the deadline.")
+            results = [error if isinstance(result, NotSent) else result for result in results]
+        if ended > self._leased_at + lease:
+            logger.warning(
+                "outbox: a %s call took %.1f s and ended past the lease (OUTBOX_LEASE_SECONDS %g): another processor"
+                " may have sent its messages too; lower the publisher's timeout or raise the lease",
+                name,
+                ended - started,
+                lease,
+            )
+        tried = sum(not isinstance(result, NotSent) for result in results)
+        if tried:
+            self._note_pace(messages[0].destination, (ended - started) / tried)
         return results
 
+    def _note_pace(self, destination: str, seconds: float) -> None:
+        """Follow a slowdown at once, a speed-up by halves: a call too big could outlast its share of the lease."""
+        seconds = max(seconds, 1e-6)
+        previous = self._pace.get(destination)
+        self._pace[destination] = seconds if previous is None or seconds >= previous else (previous + seconds) / 2
+
     def _keep_lease(self, claimed: list[ClaimedMessage], outcomes: _Outcomes) -> bool:
-        """Renew the lease of the unresolved messages once half of it has passed; False if any is no longer ours."""
-        if time.monotonic() - self._leased_at < float(es_settings.OUTBOX_LEASE_SECONDS) / 2:
+        """Renew the lease of the batch once RENEW_AFTER of it has passed; False when publishing must stop.
+
+        Every message not given back is renewed, the sent-but-unrecorded ones too: their
+        rows are pending until the batch is recorded, and must not be claimed again before.
+        Publishing stops when a message is no longer ours (this processor stalled past its
+        lease and another took over, or an operator discarded it), when the renewal fails,
+        or when it took so long that a quarter of the lease went by meanwhile.
+        """
+        lease = self._lease_seconds()
+        if time.monotonic() - self._leased_at < lease * RENEW_AFTER:
             return True
-        resolved = {m.id for m in outcomes.delivered} | {m.id for m, _ in outcomes.failed}
-        resolved |= {m.id for m in outcomes.released}
-        open_ids = [message.id for message in claimed if message.id not in resolved]
-        if not open_ids:
+        given_back = {message.id for message in outcomes.released}
+        ids = [message.id for message in claimed if message.id not in given_back]
+        if not ids:
             return True
+        started = time.monotonic()
         connection = connections[self.using]
         expiry = connection.ops.adapt_datetimefield_value(self._lease_expiry(timezone.now()))
-        with connection.cursor() as cursor:
-            cursor.execute(*statements.renew(open_ids, owner=self.owner, expires=expiry))
-            still_ours = len(cursor.fetchall())
-        self._leased_at = time.monotonic()
-        if still_ours < len(open_ids):
-            logger.warning("outbox processor %s lost the lease of %d messages", self.owner, len(open_ids) - still_ours)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(*statements.renew(ids, owner=self.owner, expires=expiry))
+                still_ours = len(cursor.fetchall())
+        except DatabaseError as exc:
+            logger.warning("outbox processor %s could not renew its lease, stopping its batch: %s", self.owner, exc)
+            return False
+        if still_ours < len(ids):
+            lost = len(ids) - still_ours
+            logger.warning("outbox processor %s lost the lease of %d messages, stopping its batch", self.owner, lost)
+            return False
+        self._leased_at = started
+        if time.monotonic() - started >= lease * RENEW_AFTER:
+            logger.warning("outbox processor %s: renewing its lease took too long, stopping its batch", self.owner)
             return False
         return True
 
@@ -331,7 +431,7 @@ class OutboxProcessor:
                 result.failed, result.dead = self._record_failed(cursor, outcomes.failed, now)
             if outcomes.released:
                 cursor.execute(*statements.release([m.id for m in outcomes.released], owner=self.owner))
-                result.released = len(outcomes.released)
+                result.released = cursor.rowcount  # those whose lease another processor took stay its own
         return result
 
     def _record_delivered(self, cursor: Any, delivered: list[ClaimedMessage], now: datetime) -> int:

@@ -9,6 +9,8 @@ from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 
+from ._batch import publish_each
+
 
 @dataclass(frozen=True, slots=True)
 class OutgoingMessage:
@@ -55,17 +57,10 @@ class Publisher:
     def publish_many(self, messages: Sequence[OutgoingMessage]) -> list[BaseException | None]:
         """Deliver a batch; one result per message, in order: None when delivered, else the error.
 
-        Override to batch (pipelines, publisher confirms); the default publishes one by one.
+        Override to batch (pipelines, publisher confirms); the default publishes one by one,
+        and starts none once the processor's deadline for the call has passed (see `_batch`).
         """
-        results: list[BaseException | None] = []
-        for message in messages:
-            try:
-                self.publish(message)
-            except Exception as exc:  # any failure means "retry later"
-                results.append(exc)
-            else:
-                results.append(None)
-        return results
+        return publish_each(self.publish, messages, unreachable=lambda _: False)
 
     def close(self) -> None:
         """Release connections; called once when the processor is done with the publisher."""
