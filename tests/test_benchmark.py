@@ -6,6 +6,8 @@ Speed itself is never asserted here (DESIGN §4): these runs are tiny, only thei
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -17,10 +19,12 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 
 from eventsourcing_app.management.commands.benchmark import FIGURES
-from eventsourcing_app.models import Event
+from eventsourcing_app.models import Event, OutboxMessage, SagaState, SagaStatus
 from eventsourcing_app.store import EventStore
 from project.shop.events import StockAdded
+from project.shop.models import OrderSummary
 
+SAGA_FIGURES = {"saga_orders", "saga_p50_ms", "saga_p95_ms"}
 RATIOS = {
     "append_single/raw_insert_single",
     "append_concurrent/raw_insert_concurrent",
@@ -45,7 +49,16 @@ def test_every_figure_is_measured_and_reported(transactional_db: None, tmp_path:
 
     out, err = run_benchmark("--writers", "2", "--json", str(path), "--yes")
 
-    figures = applicable_figures()
+    # Only the outbox figure (when Redis is unreachable) and the saga figures (tasks run in this process,
+    # as in every test without real workers) may be skipped, and they say so.
+    skipped = {
+        line[2:].split(":")[0]
+        for line in out.splitlines()
+        if line.endswith(("see --redis-url", "(set CELERY_BROKER_URL)"))
+    }
+    assert skipped <= {"outbox", *SAGA_FIGURES}
+    assert SAGA_FIGURES <= skipped
+    figures = applicable_figures() - skipped
     assert {"append_single", "append_concurrent", "append_batch", "load_aggregate"} <= figures
     assert ("raw_insert_concurrent_nolock" in figures) == (connection.vendor == "postgresql")
     document = json.loads(path.read_text())
@@ -123,10 +136,12 @@ def test_refuses_to_run_inside_a_transaction() -> None:
         (["--events", "0"], "--events must be at least 1"),
         (["--min-seconds", "-1"], "--min-seconds must not be negative"),
         (["--writers", "0"], "--writers must be at least 1"),
+        (["--orders", "0"], "--orders must be at least 1"),
         (["--only", "append_single,no_such_figure"], "Unknown figure.*no_such_figure"),
         (["--only", ","], "--only names no figure"),
         (["--json", "/no/such/folder/bench.json"], "--json"),
         (["--events", "many"], "invalid int value"),
+        (["--redis-url", "http://127.0.0.1/"], "--redis-url must be a redis://"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(args: list[str], message: str) -> None:
@@ -149,3 +164,97 @@ def test_bad_arguments_exit_non_zero_without_a_traceback(worker_env: dict[str, s
     assert result.returncode == 1
     assert "CommandError: Unknown figure(s) nope" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+BENCHMARK_REDIS_URL = os.environ.get("OUTBOX_TEST_REDIS_URL", "redis://127.0.0.1:6379/6")
+
+
+def test_outbox_figure_drains_messages_into_a_redis_stream(transactional_db: None, tmp_path: Path) -> None:
+    import redis
+
+    client = redis.Redis.from_url(BENCHMARK_REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"Redis unreachable at {BENCHMARK_REDIS_URL}: {exc}")
+    path = tmp_path / "bench.json"
+
+    out, _ = run_benchmark("--only", "outbox", "--redis-url", BENCHMARK_REDIS_URL, "--json", str(path), "--no-progress")
+
+    document = json.loads(path.read_text())
+    assert set(document) == {"outbox"}
+    assert document["outbox"]["unit"] == "messages/s"
+    assert document["outbox"]["value"] > 0
+    assert any(line.startswith("outbox: ") and line.endswith(" messages/s") for line in out.splitlines())
+    # 3 runs of 20 events stay (events are immutable); the temporary destination's rows and stream are gone.
+    category = next(line.split("category ")[1] for line in out.splitlines() if "category Bench" in line)
+    assert Event.objects.filter(category=category).count() == 3 * 20
+    assert not OutboxMessage.objects.exists()
+    assert not client.keys("eventsourcing-benchmark-*")
+    client.close()
+
+
+def test_outbox_figure_is_skipped_when_redis_is_unreachable(transactional_db: None, tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        url = f"redis://:hunter2@127.0.0.1:{sock.getsockname()[1]}/0"
+        path = tmp_path / "bench.json"
+
+        out, _ = run_benchmark("--only", "outbox", "--redis-url", url, "--json", str(path), "--no-progress")
+
+    assert "# outbox: skipped, Redis is unreachable at redis://:***@127.0.0.1" in out
+    assert "hunter2" not in out
+    assert json.loads(path.read_text()) == {}
+    assert not Event.objects.exists()
+
+
+def test_saga_figures_are_skipped_without_a_broker(transactional_db: None, tmp_path: Path) -> None:
+    path = tmp_path / "bench.json"
+
+    out, _ = run_benchmark("--only", ",".join(SAGA_FIGURES), "--orders", "3", "--json", str(path), "--no-progress")
+
+    reason = "it needs a Celery broker, and tasks run in this process (set CELERY_BROKER_URL)"
+    assert [line for line in out.splitlines() if ": skipped, " in line] == [
+        f"# {name}: skipped, {reason}" for name in ("saga_orders", "saga_p50_ms", "saga_p95_ms")
+    ]
+    assert json.loads(path.read_text()) == {}
+    assert not Event.objects.exists()
+
+
+@pytest.mark.celery
+def test_saga_figures_run_orders_through_two_celery_workers(
+    worker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", worker_env["DATABASE_URL"])  # the workers' database: the test database
+    path = tmp_path / "bench.json"
+
+    out, err = run_benchmark("--only", ",".join(SAGA_FIGURES), "--orders", "4", "--json", str(path))
+
+    document = json.loads(path.read_text())
+    assert document.keys() == SAGA_FIGURES
+    assert document["saga_orders"]["unit"] == "orders/s"
+    assert document["saga_orders"]["value"] > 0
+    assert 0 < document["saga_p50_ms"]["value"] <= document["saga_p95_ms"]["value"]
+    assert all(document[name]["unit"] == "ms" for name in ("saga_p50_ms", "saga_p95_ms"))
+    lines = out.splitlines()
+    for name in SAGA_FIGURES:
+        assert any(line.startswith(f"{name}: ") for line in lines), name
+        assert any(line.startswith(f"# {name} runs: ") for line in lines), name
+    assert "starting 2 celery workers" in err
+    # A warm-up of 4 orders and 3 runs of 4 orders, each through the whole saga; the workers are gone.
+    assert OrderSummary.objects.filter(status="confirmed").count() == OrderSummary.objects.count() == 16
+    assert SagaState.objects.filter(status=SagaStatus.COMPLETED).count() == 16
+    queue = err.split("celery workers on queue ")[1].split()[0]
+    assert not _processes_mentioning(queue)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Pids of live processes whose command line contains `text` (Linux /proc)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+        except OSError:  # it exited meanwhile
+            continue
+    return found

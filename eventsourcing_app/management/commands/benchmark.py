@@ -13,13 +13,20 @@ threads), each setting Django up itself against the parent's database.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import itertools
 import json
 import multiprocessing
 import os
 import queue
+import shutil
 import signal
 import sqlite3
 import statistics
+import subprocess
+import sys
+import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -30,11 +37,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.test import Client, override_settings
 from django.urls import NoReverseMatch, reverse
 from rest_framework import serializers
@@ -57,6 +65,10 @@ SCRATCH_EVENTS = "benchmark_raw_events"
 METADATA: Metadata = {"correlation_id": "6f1c2a9e-0d7b-4c2e-9b1a-3f5e8d2c4a10"}
 # Longest wait for a writer process to answer (its first task includes setting Django up).
 WRITER_TIMEOUT = 300.0
+# The outbox figure's Redis when --redis-url is not given and the Celery broker is not Redis.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# Appends per transaction when the outbox figure writes its (untimed) events.
+OUTBOX_APPENDS_PER_TRANSACTION = 100
 
 
 # ---------------------------------------------------------------- what is appended
@@ -101,6 +113,9 @@ class Run:
     def rate(self) -> float:
         return self.units / self.seconds if self.seconds > 0 else 0.0
 
+    def describe(self) -> str:
+        return f"{self.rate:.0f} ({self.units} in {self.seconds:.2f}s)"
+
 
 @dataclass(frozen=True)
 class Figure:
@@ -128,6 +143,10 @@ def figure(
     return register
 
 
+class FigureSkipped(Exception):
+    """A figure cannot be measured here (a service it needs is unreachable); the message says why."""
+
+
 class Bench:
     """What a figure needs: the database, the sizes asked for, and ways to time work on them.
 
@@ -135,12 +154,26 @@ class Bench:
     so the benchmark's events never mix with anyone's streams.
     """
 
-    def __init__(self, *, n: int, min_seconds: float, writers: int, alias: str, log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        *,
+        n: int,
+        min_seconds: float,
+        writers: int,
+        alias: str,
+        log: Callable[[str], None],
+        redis_url: str = DEFAULT_REDIS_URL,
+        orders: int = 1000,
+    ) -> None:
         self.n = n
         self.min_seconds = min_seconds
         self.writers = writers
         self.alias = alias
         self.log = log
+        self.redis_url = redis_url
+        self.orders = orders
+        # What a figure measured for others reported from the same runs (saga_orders, saga_p50_ms, saga_p95_ms).
+        self.shared: dict[str, Any] = {}
         self.category = f"Bench{uuid.uuid4().hex[:12]}"
         self._pool: WriterPool | None = None
 
@@ -748,6 +781,443 @@ def rebuild_figure(bench: Bench) -> list[Run]:
     return runs
 
 
+# ---------------------------------------------------------------- outbox
+@figure("outbox", "messages/s")
+def outbox_figure(bench: Bench) -> list[Run]:
+    """The outbox processor draining N messages (one event per stream, appended untimed, routed to a
+    Redis Streams destination made for the run) into a Redis stream of its own: claim, one XADD
+    pipeline per round, record; destination rows and stream deleted afterwards (--redis-url)."""
+    from ...models import OutboxMessage
+    from ...outbox import OutboxProcessor
+
+    destination = f"benchmark-{bench.category.lower()}"
+    stream = f"eventsourcing-benchmark-{uuid.uuid4().hex}"
+    client = _redis_client(bench.redis_url)
+    runs = []
+    try:
+        with override_settings(EVENTSOURCING=_outbox_settings(destination, bench.redis_url, stream)):
+            for _ in range(REPEATS):
+                _append_outbox_events(bench, bench.n)
+                bench.settle()
+                with OutboxProcessor(destinations=[destination], using=bench.alias) as processor:
+                    run = _timed(lambda processor=processor: processor.run().delivered)
+                if run.units != bench.n:
+                    raise CommandError(f"outbox: {run.units} of {bench.n} messages were delivered.")
+                runs.append(run)
+                bench.log(f"  {run.rate:.0f}/s ({run.units} in {run.seconds:.1f}s)")
+        if (entries := client.xlen(stream)) != REPEATS * bench.n:
+            raise CommandError(f"outbox: the Redis stream holds {entries} entries, not {REPEATS * bench.n}.")
+    finally:
+        OutboxMessage.objects.using(bench.alias).filter(destination=destination).delete()
+        client.delete(stream)
+        client.close()
+    return runs
+
+
+def _redis_client(url: str) -> Any:
+    """A client of the figure's Redis, or FigureSkipped saying why there is none."""
+    from ...outbox.publishers._urls import redact
+
+    try:
+        import redis
+    except ImportError:
+        raise FigureSkipped("the redis package is not installed") from None
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10)
+        client.ping()
+    except (redis.RedisError, ValueError) as error:
+        raise FigureSkipped(f"Redis is unreachable at {redact(url)} ({error}); see --redis-url") from None
+    return client
+
+
+def _outbox_settings(destination: str, redis_url: str, stream: str) -> dict[str, Any]:
+    """EVENTSOURCING with one Redis Streams destination, the benchmark event routed to it, no nudges."""
+    current = settings.EVENTSOURCING or {}
+    hook = "eventsourcing_app.outbox.hooks.write_outbox_messages"
+    append_hooks = list(current.get("APPEND_HOOKS", es_settings.defaults["APPEND_HOOKS"]))
+    return {
+        **current,
+        "APPEND_HOOKS": append_hooks if hook in append_hooks else [*append_hooks, hook],
+        "COMMIT_HOOKS": [],  # the figure runs the processor itself
+        "OUTBOX_DESTINATIONS": {
+            destination: {
+                "PUBLISHER": "eventsourcing_app.outbox.publishers.redis_streams.RedisStreamsPublisher",
+                "OPTIONS": {"url": redis_url, "stream": stream},
+            }
+        },
+        "OUTBOX_ROUTES": [{"events": [ITEM.event_type], "destination": destination}],
+    }
+
+
+def _append_outbox_events(bench: Bench, count: int) -> None:
+    """`count` single-event streams, OUTBOX_APPENDS_PER_TRANSACTION appends per transaction (untimed)."""
+    store = EventStore(bench.alias)
+    for start in range(0, count, OUTBOX_APPENDS_PER_TRANSACTION):
+        with transaction.atomic(using=bench.alias):
+            for _ in range(min(OUTBOX_APPENDS_PER_TRANSACTION, count - start)):
+                store.append(
+                    f"{bench.category}-{uuid.uuid4().hex}", [ITEM], expected_version=NO_STREAM, metadata=METADATA
+                )
+
+
+# ---------------------------------------------------------------- sagas
+# The saga figures: threads placing the orders, Celery workers running the saga, how often the
+# read model is polled for outcomes, and how long a run may go without an order reaching one.
+SAGA_PLACERS = 4
+SAGA_WORKERS = 2
+SAGA_POLL_SECONDS = 0.005
+SAGA_STALL_SECONDS = 60.0
+# Orders of the untimed warm-up, which proves the workers share this database and queue.
+SAGA_WARMUP_ORDERS = 10
+WORKER_START_SECONDS = 60.0
+WORKER_STOP_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Reading(Run):
+    """A run of a figure that is a reading (a latency in ms), not a rate: `value`, over `units` orders."""
+
+    value: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.value
+
+    def describe(self) -> str:
+        return f"{self.value:.0f} ({self.units} orders in {self.seconds:.2f}s)"
+
+
+@dataclass(frozen=True)
+class SagaRun:
+    """One run of the saga figures: orders placed, seconds from the first placing to the last outcome seen,
+    each order's latency (ms, sorted) and how many ended with each final status."""
+
+    orders: int
+    seconds: float
+    latencies: list[float]
+    outcomes: dict[str, int]
+
+    def percentile(self, percent: float) -> float:
+        """Nearest rank: the latency that `percent`% of the orders did not exceed."""
+        rank = max(1, -(-len(self.latencies) * percent // 100))
+        return self.latencies[int(rank) - 1]
+
+
+@figure("saga_orders", "orders/s")
+def saga_orders(bench: Bench) -> list[Run]:
+    """--orders orders (1000) through the saga of EVENTSOURCING['BENCHMARK_SAGA'] (the example project:
+    OrderFulfillment, reserve, authorise, confirm), placed with dispatch by 4 threads as fast as they go and
+    run by 2 `celery worker` processes started for it on a queue of its own, moved on by on-commit nudges
+    alone (no beat): orders over the time from the first placing to the last outcome seen in the read model.
+    Needs a Celery broker (skipped without one)."""
+    return [Run(run.orders, run.seconds) for run in _saga_runs(bench)]
+
+
+@figure("saga_p50_ms", "ms")
+def saga_p50_ms(bench: Bench) -> list[Run]:
+    """The median order's latency in the saga_orders runs: from the return of its PlaceOrder dispatch
+    (committed) to its final status first seen in the read model, which is polled every 5 ms."""
+    return [Reading(run.orders, run.seconds, run.percentile(50)) for run in _saga_runs(bench)]
+
+
+@figure("saga_p95_ms", "ms")
+def saga_p95_ms(bench: Bench) -> list[Run]:
+    """The 95th percentile of the same latencies."""
+    return [Reading(run.orders, run.seconds, run.percentile(95)) for run in _saga_runs(bench)]
+
+
+def _saga_runs(bench: Bench) -> list[SagaRun]:
+    """The saga runs, measured once for the three figures (or why they are skipped)."""
+    runs = bench.shared.get("saga")
+    if runs is None:
+        try:
+            runs = _measure_sagas(bench)
+        except FigureSkipped as skipped:
+            runs = skipped
+        bench.shared["saga"] = runs
+    if isinstance(runs, FigureSkipped):
+        raise runs
+    return runs
+
+
+def _measure_sagas(bench: Bench) -> list[SagaRun]:
+    workload = es_settings.BENCHMARK_SAGA
+    if workload is None:
+        raise FigureSkipped("EVENTSOURCING['BENCHMARK_SAGA'] is not set (see docs/benchmarks.md)")
+    with CeleryWorkerPool(_celery_app(), SAGA_WORKERS, bench.log) as workers:
+        try:
+            _saga_run(workload, min(SAGA_WARMUP_ORDERS, bench.orders), f"{bench.category}-warmup", bench.log)
+        except CommandError as error:
+            raise CommandError(
+                f"saga_orders: the warm-up orders did not go through ({error}). Do the workers use this database, "
+                "and do they send their tasks to the queue named by CELERY_TASK_DEFAULT_QUEUE in their "
+                f"environment? Their logs end:\n{workers.log_tail()}"
+            ) from None
+        runs = []
+        for index in range(REPEATS):
+            workers.wait_until_idle(bench.alias)
+            bench.settle()
+            run = _saga_run(workload, bench.orders, f"{bench.category}-r{index}", bench.log)
+            runs.append(run)
+            bench.log(
+                f"  {run.orders / run.seconds:.0f}/s ({run.orders} in {run.seconds:.1f}s), p50 {run.percentile(50):.0f}"
+                f" ms, p95 {run.percentile(95):.0f} ms, max {run.latencies[-1]:.0f} ms; outcomes {run.outcomes}"
+            )
+    return runs
+
+
+def _saga_run(workload: Any, count: int, tag: str, log: Callable[[str], None]) -> SagaRun:
+    """Place `count` orders from SAGA_PLACERS threads while this thread polls the read model for their outcomes."""
+    workload.prepare(count, tag)
+    committed: dict[str, float] = {}  # order id -> when its dispatch returned (written by the placers)
+    indexes = itertools.count()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def place() -> None:
+        try:
+            while not stop.is_set() and (index := next(indexes)) < count:
+                order_id = workload.start(tag, index)
+                committed[order_id] = time.monotonic()
+        except BaseException as error:  # reported by the polling thread
+            errors.append(error)
+        finally:
+            connections.close_all()  # this thread's connections
+
+    started = time.monotonic()
+    placers = [threading.Thread(target=place, name=f"saga-placer-{n}", daemon=True) for n in range(SAGA_PLACERS)]
+    for placer in placers:
+        placer.start()
+    try:
+        final = _poll_outcomes(workload, count, committed, errors)
+    finally:
+        stop.set()
+        for placer in placers:
+            placer.join()
+    log(f"  placed {count} orders in {max(committed.values()) - started:.2f}s")
+    latencies = sorted((at - committed[order_id]) * 1000 for order_id, (_, at) in final.items())
+    outcomes: dict[str, int] = {}
+    for status, _ in final.values():
+        outcomes[status] = outcomes.get(status, 0) + 1
+    return SagaRun(count, max(at for _, at in final.values()) - started, latencies, outcomes)
+
+
+def _poll_outcomes(
+    workload: Any, count: int, committed: dict[str, float], errors: list[BaseException]
+) -> dict[str, tuple[str, float]]:
+    """Each order's final status and when it was first seen, polling every SAGA_POLL_SECONDS.
+
+    It gives up when the placers fail, or when for SAGA_STALL_SECONDS no order reached a final
+    status and no checkpoint (of a saga or an async projection) moved: nothing is being done.
+    """
+    from ...models import Checkpoint
+
+    final: dict[str, tuple[str, float]] = {}
+    progress = checked = time.monotonic()
+    positions = None
+    while len(final) < count:
+        if errors:
+            raise CommandError(f"saga_orders: placing an order failed: {errors[0]!r}")
+        if pending := [order_id for order_id in list(committed) if order_id not in final]:
+            seen = workload.finished(pending)
+            now = time.monotonic()
+            final.update((order_id, (status, now)) for order_id, status in seen.items())
+            progress = now if seen else progress
+        if time.monotonic() - checked > 1:
+            checked, moved = time.monotonic(), sorted(Checkpoint.objects.values_list("name", "position"))
+            progress, positions = (checked if moved != positions else progress), moved
+        if time.monotonic() - progress > SAGA_STALL_SECONDS:
+            raise CommandError(
+                f"{len(final)} of {count} orders reached a final status, and nothing moved in {SAGA_STALL_SECONDS:.0f}s"
+            )
+        time.sleep(SAGA_POLL_SECONDS)
+    return final
+
+
+def _celery_app() -> Any:
+    """The project's Celery app, or FigureSkipped when tasks do not go through a broker."""
+    try:
+        from celery import current_app
+    except ImportError:
+        raise FigureSkipped("Celery is not installed") from None
+    app = current_app._get_current_object()
+    broker = app.conf.broker_url or ""
+    if app.conf.task_always_eager or urlsplit(broker).scheme in ("", "memory"):
+        raise FigureSkipped("it needs a Celery broker, and tasks run in this process (set CELERY_BROKER_URL)")
+    if not app.main or app.main == "__main__":
+        raise FigureSkipped("the Celery app has no module name for `celery -A` (Celery('<module>'))")
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1)
+    except Exception as error:
+        raise FigureSkipped(f"the Celery broker is unreachable ({error})") from None
+    return app
+
+
+class CeleryWorkerPool:
+    """`celery -A <app> worker` processes on a queue of their own, stopped (and the queue deleted) on exit.
+
+    The workers consume only that queue and get it as CELERY_TASK_DEFAULT_QUEUE in their environment (the
+    example project's settings read it), so the tasks they send themselves go there too; this process sends
+    its nudges there while the pool is open. Nothing else on the broker is consumed, and nothing reaches others.
+    """
+
+    def __init__(self, app: Any, count: int, log: Callable[[str], None]) -> None:
+        self.app = app
+        self.count = count
+        self.log = log
+        self.queue = f"es-benchmark-sagas-{uuid.uuid4().hex[:12]}"
+        self.folder = Path(tempfile.mkdtemp(prefix="eventsourcing-benchmark-"))
+        self.processes: list[subprocess.Popen] = []
+        self.previous_queue = app.conf.task_default_queue
+
+    def __enter__(self) -> CeleryWorkerPool:
+        self.app.conf.task_default_queue = self.queue
+        _forget_nudges()
+        try:
+            self.log(f"  starting {self.count} celery workers on queue {self.queue}")
+            self.processes = [self._spawn(index) for index in range(self.count)]
+            self._wait_ready()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _spawn(self, index: int) -> subprocess.Popen:
+        module = self.app.main
+        root = Path(importlib.import_module(module.split(".")[0]).__file__ or ".").resolve().parent.parent
+        env = {
+            **os.environ,
+            "CELERY_TASK_DEFAULT_QUEUE": self.queue,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+        }
+        if settings_module := os.environ.get("DJANGO_SETTINGS_MODULE"):
+            env["DJANGO_SETTINGS_MODULE"] = settings_module
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            module,
+            "worker",
+            "--pool",
+            "solo",
+            "--loglevel",
+            "INFO",
+            "-n",
+            f"benchmark{index}-{self.queue}@%h",
+            "-Q",
+            self.queue,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+        with (self.folder / f"worker-{index}.log").open("wb") as log_file:
+            return subprocess.Popen(
+                command, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
+            )
+
+    def _log(self, index: int) -> str:
+        path = self.folder / f"worker-{index}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + WORKER_START_SECONDS
+        for index, process in enumerate(self.processes):
+            while " ready." not in self._log(index):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    state = "exited" if process.returncode is not None else "is not ready"
+                    raise CommandError(f"saga_orders: celery worker {index} {state}:\n{self.log_tail()}")
+                time.sleep(0.1)
+
+    def wait_until_idle(self, using: str) -> None:
+        """Until the sagas and async projections are caught up, no outbox message waits and the queue is empty,
+        twice in a row: a run starts with no earlier run's tail (its notifications, say) still on the workers."""
+        from ...models import OutboxMessage, OutboxStatus
+        from ...projections import projection_statuses
+
+        deadline, quiet = time.monotonic() + SAGA_STALL_SECONDS, 0
+        while quiet < 2:
+            queued = self._queued()
+            lagging = [status.name for status in projection_statuses(sagas=True) if status.lag]
+            outbox = OutboxMessage.objects.using(using).filter(status=OutboxStatus.PENDING).count()
+            quiet = quiet + 1 if not (queued or lagging or outbox) else 0
+            if time.monotonic() > deadline:
+                self.log(
+                    f"  still busy after {SAGA_STALL_SECONDS:.0f}s ({queued} tasks queued, lagging {lagging},"
+                    f" {outbox} outbox messages pending); measuring anyway"
+                )
+                return
+            time.sleep(0.2)
+
+    def _queued(self) -> int:
+        """Messages waiting in the queue (Redis drops an empty queue's key: passive declare then says "no queue")."""
+        with self.app.connection_for_write() as connection:
+            try:
+                return connection.default_channel.queue_declare(queue=self.queue, passive=True).message_count
+            except connection.channel_errors:
+                return 0
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(
+            f"--- worker {index} ---\n" + "\n".join(self._log(index).splitlines()[-lines:])
+            for index in range(len(self.processes))
+        )
+
+    def close(self) -> None:
+        """SIGTERM (warm shutdown), SIGKILL after WORKER_STOP_SECONDS; then the queue goes, and the logs."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=WORKER_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.app.conf.task_default_queue = self.previous_queue
+        with suppress(Exception):
+            self._delete_queue()
+        _forget_nudges()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _delete_queue(self) -> None:
+        """Leave nothing of the queue on the broker, on Redis not even its bindings or a killed worker's
+        unacknowledged messages (which would be restored into it after the visibility timeout)."""
+        with self.app.connection_for_write() as connection:
+            channel = connection.default_channel
+            channel.queue_purge(self.queue)
+            channel.queue_delete(self.queue)
+            client = getattr(channel, "client", None)  # the Redis transport's
+            if client is None:
+                return
+            for key in client.scan_iter(match=f"*{self.queue}*"):
+                client.delete(key)
+            unacked = getattr(channel, "unacked_key", "unacked")
+            for tag, payload in client.hscan_iter(unacked):
+                if self.queue in json.loads(payload)[1:]:  # [message, exchange, routing key]
+                    client.hdel(unacked, tag)
+                    client.zrem(getattr(channel, "unacked_index_key", "unacked_index"), tag)
+
+
+def _forget_nudges() -> None:
+    """Drop "a run is queued" marks (of sagas, async projections, the outbox) an earlier run may have left in the
+    cache: one would swallow this run's nudges until it expires."""
+    from django.core.cache import cache
+
+    from ...outbox.hooks import PENDING_KEY as OUTBOX_PENDING_KEY
+    from ...projections import ASYNC, projection_registry
+    from ...projections.hooks import pending_key
+    from ...sagas import saga_registry
+    from ...sagas.hooks import pending_key as saga_pending_key
+
+    keys = [pending_key(p.name) for p in projection_registry.of_kind(ASYNC)]
+    cache.delete_many([*keys, *(saga_pending_key(name) for name in saga_registry.names()), OUTBOX_PENDING_KEY])
+
+
 def _timed(work: Callable[[], int]) -> Run:
     started = time.perf_counter()
     units = work()
@@ -826,6 +1296,12 @@ class Command(BaseCommand):
         parser.add_argument("--json", metavar="FILE", help="also write every figure and ratio to FILE as JSON")
         parser.add_argument("--yes", action="store_true", help="run even though the event table holds events")
         parser.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+        parser.add_argument("--orders", type=int, default=1000, help="orders per run of the saga figures (1000)")
+        parser.add_argument(
+            "--redis-url",
+            help="Redis of the outbox figure (default: CELERY_BROKER_URL when it is Redis, else "
+            f"{DEFAULT_REDIS_URL}); the figure is skipped when it is unreachable",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         names = self._figure_names(options)
@@ -838,6 +1314,8 @@ class Command(BaseCommand):
             writers=options["writers"],
             alias=DEFAULT_DB_ALIAS,
             log=(lambda message: None) if quiet else self.stderr.write,
+            redis_url=options["redis_url"] or _default_redis_url(),
+            orders=options["orders"],
         )
         for line in self._header(bench, names):
             self.stdout.write(line)
@@ -861,8 +1339,12 @@ class Command(BaseCommand):
             raise CommandError("--min-seconds must not be negative.")
         if options["writers"] < 1:
             raise CommandError("--writers must be at least 1.")
+        if options["orders"] < 1:
+            raise CommandError("--orders must be at least 1.")
         if options["json"] and not Path(options["json"]).resolve().parent.is_dir():
             raise CommandError(f"--json: the folder of {options['json']!r} does not exist.")
+        if options["redis_url"] and urlsplit(options["redis_url"]).scheme not in ("redis", "rediss", "unix"):
+            raise CommandError("--redis-url must be a redis://, rediss:// or unix:// URL.")
         if not options["only"]:
             return list(FIGURES)
         names = [name.strip() for name in options["only"].split(",") if name.strip()]
@@ -895,11 +1377,15 @@ class Command(BaseCommand):
                 self.stdout.write(f"# {name}: skipped, only measured on {', '.join(spec.vendors)}")
                 continue
             bench.log(f"{name}: {REPEATS} runs of at least {bench.n} events and {bench.min_seconds:g}s")
-            runs = spec.measure(bench)
+            try:
+                runs = spec.measure(bench)
+            except FigureSkipped as skipped:
+                self.stdout.write(f"# {name}: skipped, {skipped}")
+                continue
             value = statistics.median(run.rate for run in runs)
             results[name] = (value, spec.unit)
             self.stdout.write(f"{name}: {_number(value)} {spec.unit}")
-            detail = "  ".join(f"{run.rate:.0f} ({run.units} in {run.seconds:.2f}s)" for run in runs)
+            detail = "  ".join(run.describe() for run in runs)
             self.stdout.write(f"# {name} runs: {detail}")
         return results
 
@@ -907,10 +1393,16 @@ class Command(BaseCommand):
         docs = [f"# {name}: {' '.join((FIGURES[name].measure.__doc__ or '').split())}" for name in names]
         return [
             f"# {_database_line(bench)}",
-            f"# events={bench.n} min_seconds={bench.min_seconds:g} writers={bench.writers} repeats={REPEATS} "
+            f"# events={bench.n} min_seconds={bench.min_seconds:g} writers={bench.writers} orders={bench.orders} "
+            f"repeats={REPEATS} "
             f"payload={len(ITEM_JSON)} bytes; streams written under category {bench.category}",
             *docs,
         ]
+
+
+def _default_redis_url() -> str:
+    broker = getattr(settings, "CELERY_BROKER_URL", "") or ""
+    return broker if urlsplit(broker).scheme in ("redis", "rediss") else DEFAULT_REDIS_URL
 
 
 def _ratios(results: dict[str, tuple[float, str]]) -> dict[str, float]:
