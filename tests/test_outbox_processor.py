@@ -243,7 +243,8 @@ def test_backoff_is_exponential_capped_and_jittered(settings) -> None:
 
 @pytest.mark.django_db
 def test_a_failed_message_is_retried_after_a_backoff_then_delivered(configure, record_file: Path) -> None:
-    configure(publisher={"fail_attempts": 2})
+    # A first backoff of 30-60 min, which no stall of a loaded machine can outlast before the next claim.
+    configure(publisher={"fail_attempts": 2}, OUTBOX_RETRY_BASE_DELAY=3600, OUTBOX_RETRY_MAX_DELAY=3600)
     [message_id] = append("Order-5", PINGED)
     failed_before = sample("eventsourcing_outbox_failed_total")
     processor = OutboxProcessor()
@@ -253,10 +254,13 @@ def test_a_failed_message_is_retried_after_a_backoff_then_delivered(configure, r
     message = OutboxMessage.objects.get()
     assert (message.status, message.attempts, message.lease_owner) == (OutboxStatus.PENDING, 1, "")
     assert "refused tests.outbox.Pinged on attempt 1" in message.last_error
-    # First retry after 0.025-0.05 s (half to all of the base delay).
-    assert before + timedelta(seconds=0.025) <= message.available_at <= timezone.now() + timedelta(seconds=0.05)
+    # First retry after 1800-3600 s (half to all of the base delay).
+    assert before + timedelta(seconds=1800) <= message.available_at <= timezone.now() + timedelta(seconds=3600)
     assert processor.process_batch().claimed == 0  # not before its backoff is over
 
+    # Attempt 2 at once (its backoff cut short); attempt 3 after a short backoff, taken up by the processor itself.
+    configure(publisher={"fail_attempts": 2})
+    assert retry_now(OutboxMessage.objects.all()) == 1
     process_until_idle(processor)
     message.refresh_from_db()
     assert (message.status, message.attempts, message.last_error) == (OutboxStatus.DELIVERED, 3, "")
