@@ -172,14 +172,14 @@ def test_a_claimed_message_is_not_claimed_by_another_processor_while_leased(conf
 
 @pytest.mark.django_db
 def test_an_expired_lease_lets_another_processor_take_over(configure, record_file: Path) -> None:
-    configure(OUTBOX_LEASE_SECONDS=0.2)
+    configure(OUTBOX_LEASE_SECONDS=1)  # long enough for the second claim to come within it on a slow machine
     ids = append("Order-4", PINGED, PINGED)
     stalled, healthy = OutboxProcessor(), OutboxProcessor()
     claimed = stalled.claim()
     assert len(claimed) == 2
     assert healthy.claim() == []
 
-    time.sleep(0.3)  # the stalled processor's lease runs out
+    time.sleep(1.1)  # the stalled processor's lease runs out
     assert healthy.process_batch().delivered == 2
     # The stalled processor wakes up: it finds its lease gone, sends nothing and records nothing.
     late = stalled.deliver(claimed)
