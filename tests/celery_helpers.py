@@ -29,8 +29,11 @@ from pathlib import Path
 import pytest
 from django.core.cache import cache as django_cache
 
+from eventsourcing_app.outbox.hooks import PENDING_KEY as OUTBOX_PENDING_KEY
 from eventsourcing_app.projections import ASYNC, projection_registry
 from eventsourcing_app.projections.hooks import pending_key
+from eventsourcing_app.sagas import saga_registry
+from eventsourcing_app.sagas.hooks import pending_key as saga_pending_key
 from project.celery import app
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -170,10 +173,15 @@ class CeleryWorkers:
         return "\n".join(f"----- {worker.name} (pid {worker.pid}) -----\n{worker.log()}" for worker in self.workers)
 
 
-def _clear_pending_nudges() -> None:
-    """Forget "a run is queued" marks: a mark left by an earlier run would swallow this run's nudges."""
-    for projection in projection_registry.of_kind(ASYNC):
-        django_cache.delete(pending_key(projection.name))
+def clear_pending_nudges() -> None:
+    """Forget "a run is queued" marks: a mark left by an earlier run would swallow this run's nudges.
+
+    Projections', sagas' and the outbox's alike: a mark left behind by workers on a queue that is
+    gone would also keep later (eager) tests' nudges from running anything for a minute.
+    """
+    keys = [pending_key(projection.name) for projection in projection_registry.of_kind(ASYNC)]
+    keys += [saga_pending_key(name) for name in saga_registry.names()]
+    django_cache.delete_many([*keys, OUTBOX_PENDING_KEY])
 
 
 @contextmanager
@@ -184,13 +192,13 @@ def own_queue() -> Iterator[str]:
     app.conf.task_default_queue = queue
     with app.connection_for_write() as connection:
         connection.default_channel.queue_purge(queue)
-    _clear_pending_nudges()
+    clear_pending_nudges()
     try:
         yield queue
     finally:
         app.conf.task_default_queue = previous
         _forget_queue(queue)
-        _clear_pending_nudges()
+        clear_pending_nudges()
 
 
 def _forget_queue(queue: str) -> None:

@@ -100,6 +100,12 @@ def _celery_eager_unless_real_workers(request: pytest.FixtureRequest):
     eager = request.node.get_closest_marker("celery") is None
     previous = app.conf.task_always_eager
     app.conf.task_always_eager = eager or previous
+    if eager:
+        # A subprocess of an earlier test (writers, run_sagas) may have queued a run on the real broker that
+        # no worker will take: its "a run is queued" mark in the shared cache would swallow our nudges.
+        from tests.celery_helpers import clear_pending_nudges
+
+        clear_pending_nudges()
     yield
     app.conf.task_always_eager = previous
 
