@@ -14,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from django.core.cache import cache as django_cache
 from django.db import DatabaseError, connections, router
 from django.utils import timezone
 
 from ..exceptions import OutboxWriteError
 from ..models import OutboxMessage
+from ..projections.hooks import enqueue_once
 from ..store import RecordedEvent
 from . import statements
 from .routes import message_id_for, route_table
@@ -102,9 +102,4 @@ def enqueue_processing() -> None:
     """
     from .tasks import process_outbox
 
-    if django_cache.add(PENDING_KEY, 1, timeout=PENDING_TIMEOUT):
-        try:
-            process_outbox.delay()
-        except Exception:
-            django_cache.delete(PENDING_KEY)  # a later commit (or the beat poll) tries again
-            raise
+    enqueue_once(PENDING_KEY, process_outbox, timeout=PENDING_TIMEOUT)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from functools import cache
+from typing import Any
 
 from django.core.cache import cache as django_cache
 
@@ -53,10 +54,18 @@ def enqueue_projection(name: str) -> None:
     """Queue `run_projection(name)` unless one is queued and not started yet (it will see our events)."""
     from ..tasks import run_projection
 
-    key = pending_key(name)
-    if django_cache.add(key, 1, timeout=60):
+    enqueue_once(pending_key(name), run_projection, name)
+
+
+def enqueue_once(key: str, task: Any, *args: Any, timeout: int = 60) -> None:
+    """Queue `task(*args)` unless the cache marks one as queued and not started (the task deletes `key`).
+
+    The mark lives in Django's cache, which every process must share once tasks go through a
+    broker; it expires after `timeout` seconds, so a task the broker lost cannot block for longer.
+    """
+    if django_cache.add(key, 1, timeout=timeout):
         try:
-            run_projection.delay(name)
+            task.delay(*args)
         except Exception:
             django_cache.delete(key)  # a later append (or the beat poll) tries again
             raise

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from django.core.cache import cache as django_cache
-
+from ..projections.hooks import enqueue_once
 from ..store import RecordedEvent
 from .registry import saga_registry
 
@@ -23,13 +22,7 @@ def enqueue_saga(name: str) -> None:
     """Queue `run_saga(name)` unless one is queued and not started yet (it will see our events)."""
     from ..tasks import run_saga
 
-    key = pending_key(name)
-    if django_cache.add(key, 1, timeout=60):
-        try:
-            run_saga.delay(name)
-        except Exception:
-            django_cache.delete(key)  # a later append (or the beat poll) tries again
-            raise
+    enqueue_once(pending_key(name), run_saga, name)
 
 
 @cache
