@@ -10,9 +10,13 @@ never under `--no-progress`, so logs and pipes stay clean.
 
 from __future__ import annotations
 
+import logging
+import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -21,6 +25,12 @@ from tqdm import tqdm
 from ...exceptions import EventSourcingError
 
 ProgressCallback = Callable[[int, int], None]
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Longest nap between checks of the stop flag while a worker loop is idle.
+SLEEP_SLICE = 0.05
+
+logger = logging.getLogger("eventsourcing_app")
 
 
 class EventSourcingCommand(BaseCommand):
@@ -73,6 +83,39 @@ class EventSourcingCommand(BaseCommand):
             return False
         answer = input(f"{question} [y/N] ")
         return answer.strip().lower() in {"y", "yes"}
+
+
+class WorkerLoopCommand(EventSourcingCommand):
+    """Base of the worker loops (run_projections, run_sagas, process_outbox): a graceful stop on signals.
+
+    SIGTERM and SIGINT set `_stopping`, which the loop checks between batches, so the batch in
+    flight commits and leases are released before the command exits 0.
+    """
+
+    _stopping = False
+
+    @contextmanager
+    def stop_on_signals(self) -> Iterator[None]:
+        """Turn SIGTERM/SIGINT into the stop flag; the previous handlers come back after."""
+        self._stopping = False
+        name = type(self).__module__.rsplit(".", 1)[-1]
+
+        def ask_to_stop(signum: int, frame: FrameType | None) -> None:
+            logger.info("%s: %s received, stopping after the current batch", name, signal.Signals(signum).name)
+            self._stopping = True
+
+        previous = {signum: signal.signal(signum, ask_to_stop) for signum in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep in short slices, so that a stop signal is answered at once."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping and (remaining := deadline - time.monotonic()) > 0:
+            time.sleep(min(SLEEP_SLICE, remaining))
 
 
 def _ignore_progress(done: int, total: int) -> None:

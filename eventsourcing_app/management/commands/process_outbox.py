@@ -10,27 +10,18 @@ loop goes on after the interval, as run_projections does.
 from __future__ import annotations
 
 import logging
-import signal
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import FrameType
 from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError, close_old_connections
 
 from ...outbox import BatchResult, OutboxProcessor
-from ._base import EventSourcingCommand
+from ._base import WorkerLoopCommand
 
 logger = logging.getLogger("eventsourcing_app.outbox")
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# Longest nap between checks of the stop flag while idle.
-SLEEP_SLICE = 0.05
 
-
-class Command(EventSourcingCommand):
+class Command(WorkerLoopCommand):
     help = (
         "Publish due outbox messages: with --once until none is due, else in a loop. "
         "SIGTERM/SIGINT finish the current batch and exit 0."
@@ -62,8 +53,7 @@ class Command(EventSourcingCommand):
         processor = self.Processor(destinations=options["destinations"], batch_size=options["batch_size"])
         if not processor.configured:
             raise CommandError("No outbox destinations are configured (EVENTSOURCING['OUTBOX_DESTINATIONS']).")
-        self._stopping = False
-        with processor, self._stop_on_signals():
+        with processor, self.stop_on_signals():
             if options["once"]:
                 self._once(processor)
             else:
@@ -94,29 +84,8 @@ class Command(EventSourcingCommand):
                 if new := set(result.broken_destinations) - reported:
                     reported |= new
                     self.stderr.write(_broken(result), self.style.ERROR)
-            self._sleep(interval)
+            self.sleep(interval)
         self.stdout.write("Stopped.")
-
-    def _sleep(self, seconds: float) -> None:
-        """Sleep in short slices, so that a stop signal is answered at once."""
-        deadline = time.monotonic() + seconds
-        while not self._stopping and (remaining := deadline - time.monotonic()) > 0:
-            time.sleep(min(SLEEP_SLICE, remaining))
-
-    @contextmanager
-    def _stop_on_signals(self) -> Iterator[None]:
-        """Turn SIGTERM/SIGINT into a stop flag checked between batches; the previous handlers come back after."""
-
-        def ask_to_stop(signum: int, frame: FrameType | None) -> None:
-            logger.info("process_outbox: %s received, stopping after the current batch", signal.Signals(signum).name)
-            self._stopping = True
-
-        previous = {signum: signal.signal(signum, ask_to_stop) for signum in STOP_SIGNALS}
-        try:
-            yield
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
 
 
 def _summary(result: BatchResult) -> str:

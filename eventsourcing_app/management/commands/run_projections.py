@@ -16,11 +16,6 @@ django-celery-beat's scheduler does; each cycle starts with
 from __future__ import annotations
 
 import logging
-import signal
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import FrameType
 from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
@@ -28,16 +23,12 @@ from django.db import DatabaseError, close_old_connections
 
 from ...models import Checkpoint, CheckpointStatus
 from ...projections import ASYNC, Projection, ProjectionRunner, projection_registry
-from ._base import EventSourcingCommand
+from ._base import WorkerLoopCommand
 
 logger = logging.getLogger("eventsourcing_app.projections")
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# Longest nap between checks of the stop flag while sleeping between cycles.
-SLEEP_SLICE = 0.05
 
-
-class Command(EventSourcingCommand):
+class Command(WorkerLoopCommand):
     help = (
         "Run async projections from their checkpoints in a loop (a worker without Celery). "
         "SIGTERM/SIGINT finish the current batch, release the leases and exit 0."
@@ -72,8 +63,7 @@ class Command(EventSourcingCommand):
         if options["interval"] < 0 or (options["batch_size"] is not None and options["batch_size"] < 1):
             raise CommandError("--interval must be >= 0 and --batch-size a positive number.")
         runners = [self.Runner(target, batch_size=options["batch_size"]) for target in self.targets(options)]
-        self._stopping = False
-        with self._stop_on_signals():
+        with self.stop_on_signals():
             try:
                 if options["once"]:
                     self._catch_up_once(runners)
@@ -119,7 +109,7 @@ class Command(EventSourcingCommand):
             else:
                 if passed and verbose:
                     self.stdout.write(f"{passed} log positions passed.")
-            self._sleep(interval)
+            self.sleep(interval)
         self.stdout.write("Stopped: the leases are released.")
 
     def _cycle(self, runners: list[ProjectionRunner]) -> int:
@@ -138,12 +128,6 @@ class Command(EventSourcingCommand):
             busy = still_busy
         return passed
 
-    def _sleep(self, seconds: float) -> None:
-        """Sleep in short slices, so that a stop signal is answered at once."""
-        deadline = time.monotonic() + seconds
-        while not self._stopping and (remaining := deadline - time.monotonic()) > 0:
-            time.sleep(min(SLEEP_SLICE, remaining))
-
     def _warn_about_failures(self, runners: list[ProjectionRunner]) -> None:
         failed = Checkpoint.objects.filter(
             name__in=[runner.name for runner in runners], status=CheckpointStatus.FAILED
@@ -153,18 +137,3 @@ class Command(EventSourcingCommand):
                 f"{checkpoint.name}: failed at position {checkpoint.failed_position}: {checkpoint.last_error}",
                 self.style.WARNING,
             )
-
-    @contextmanager
-    def _stop_on_signals(self) -> Iterator[None]:
-        """Turn SIGTERM/SIGINT into a stop flag checked between batches; the previous handlers come back after."""
-
-        def ask_to_stop(signum: int, frame: FrameType | None) -> None:
-            logger.info("run_%s: %s received, stopping after the current batch", self.noun, signal.Signals(signum).name)
-            self._stopping = True
-
-        previous = {signum: signal.signal(signum, ask_to_stop) for signum in STOP_SIGNALS}
-        try:
-            yield
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
