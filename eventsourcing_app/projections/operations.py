@@ -38,19 +38,25 @@ def projection_statuses(store: EventStore | None = None, *, sagas: bool = False)
 
     With `sagas=True`, the saga managers' checkpoints (named `saga:<Saga>`) too, listed first.
     """
+    runnables: list = saga_managers() if sagas else []
+    return checkpoint_statuses([*runnables, *projection_registry.of_kind(ASYNC)], store)
+
+
+def checkpoint_statuses(runnables: list[Projection], store: EventStore | None = None) -> list[ProjectionStatus]:
+    """Each of these async projections' (or saga managers') status, in order: two queries and a count each."""
     store = store or EventStore()
     head = store.head_position()
-    checkpoints = {c.name: c for c in Checkpoint.objects.using(store.using)}
+    names = [runnable.name for runnable in runnables]
+    checkpoints = {c.name: c for c in Checkpoint.objects.using(store.using).filter(name__in=names)}
     dead = dict(
         ProjectionDeadLetter.objects.using(store.using)
-        .filter(retried_at__isnull=True)
+        .filter(projection__in=names, retried_at__isnull=True)
         .values("projection")
         .annotate(n=Count("pk"))
         .values_list("projection", "n")
     )
     statuses = []
-    runnables: list = saga_managers() if sagas else []
-    for projection in [*runnables, *projection_registry.of_kind(ASYNC)]:
+    for projection in runnables:
         checkpoint = checkpoints.get(projection.name) or Checkpoint(name=projection.name)
         statuses.append(
             ProjectionStatus(

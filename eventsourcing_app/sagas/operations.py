@@ -20,7 +20,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from ..models import Checkpoint, CheckpointStatus, SagaState, SagaStatus
-from ..projections.operations import pending_events
+from ..projections.operations import checkpoint_statuses
 from ..store import EventStore
 from .base import ACTIVE_STATUSES
 from .hooks import enqueue_saga
@@ -60,16 +60,28 @@ class SagaReport:
 
 
 def saga_reports(store: EventStore | None = None) -> list[SagaReport]:
-    """Every registered saga's report, by name: one checkpoint query, one count per saga, one grouped count."""
+    """Every registered saga's report, by name: its manager's checkpoint status, and one grouped count."""
     store = store or EventStore()
     managers = saga_registry.managers()
     if not managers:
         return []
-    head = store.head_position()
-    checkpoints = Checkpoint.objects.using(store.using).filter(name__in=[manager.name for manager in managers])
-    found = {checkpoint.name: checkpoint for checkpoint in checkpoints}
     counts = instance_counts(using=store.using)
-    return [_report(manager, found.get(manager.name), head, counts, store) for manager in managers]
+    return [
+        SagaReport(
+            name=manager.saga.name,
+            checkpoint=status.name,
+            status=status.status,
+            position=status.position,
+            head=status.head,
+            lag=status.lag,
+            last_error=status.last_error,
+            failed_position=status.failed_position,
+            lease_owner=status.lease_owner,
+            updated_at=status.updated_at,
+            instances=counts.get(manager.saga.name, dict.fromkeys(SagaStatus.values, 0)),
+        )
+        for manager, status in zip(managers, checkpoint_statuses(managers, store), strict=True)  # type: ignore[arg-type]
+    ]
 
 
 def instance_counts(*, using: str = "default") -> dict[str, dict[str, int]]:
@@ -79,29 +91,6 @@ def instance_counts(*, using: str = "default") -> dict[str, dict[str, int]]:
     for saga_type, status, n in grouped:
         counts.setdefault(saga_type, dict.fromkeys(SagaStatus.values, 0))[status] = n
     return counts
-
-
-def _report(
-    manager: SagaManager,
-    checkpoint: Checkpoint | None,
-    head: int,
-    counts: dict[str, dict[str, int]],
-    store: EventStore,
-) -> SagaReport:
-    checkpoint = checkpoint or Checkpoint(name=manager.name)
-    return SagaReport(
-        name=manager.saga.name,
-        checkpoint=manager.name,
-        status=checkpoint.status,
-        position=checkpoint.position,
-        head=head,
-        lag=pending_events(manager, checkpoint.position, store),  # type: ignore[arg-type]
-        last_error=checkpoint.last_error,
-        failed_position=checkpoint.failed_position,
-        lease_owner=checkpoint.lease_owner,
-        updated_at=checkpoint.updated_at,
-        instances=counts.get(manager.saga.name, dict.fromkeys(SagaStatus.values, 0)),
-    )
 
 
 def resume_saga(name: str, *, store: EventStore | None = None) -> None:
