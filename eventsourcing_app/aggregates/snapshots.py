@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from ..conf import es_settings
 from ..store import EventStore
+from ..store.cursors import statement_cursor
 from ..store.statements import EVENT_COLUMNS, EVENT_TABLE
 from .base import Aggregate
 
@@ -41,7 +42,7 @@ class SnapshotStore:
         """Replace the stream's snapshot with the aggregate's current state, unless a newer one is stored."""
         connection = connections[self.using]
         stamp = connection.ops.adapt_datetimefield_value(timezone.now())
-        with connection.cursor() as cursor:
+        with statement_cursor(connection) as cursor:
             cursor.execute(
                 f"INSERT INTO {SNAPSHOT_TABLE} (stream_id, aggregate_type, version, state, created_at)"
                 " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (stream_id) DO UPDATE SET"
@@ -71,7 +72,7 @@ class SnapshotStore:
             f" AND version > COALESCE((SELECT version {snapshot}), 0)"
             f" UNION ALL SELECT NULL, NULL, NULL, version, NULL, NULL, state, NULL, NULL {snapshot} ORDER BY 4"
         )
-        with connections[self.using].cursor() as cursor:
+        with statement_cursor(connections[self.using]) as cursor:
             cursor.execute(sql, [stream_id, stream_id, type_name, stream_id, type_name])
             rows = cursor.fetchall()
         if rows and rows[0][0] is None:

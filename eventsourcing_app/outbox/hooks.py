@@ -21,6 +21,7 @@ from ..exceptions import OutboxWriteError
 from ..models import OutboxMessage
 from ..projections.hooks import enqueue_once
 from ..store import RecordedEvent
+from ..store.cursors import statement_cursor
 from . import statements
 from .routes import message_id_for, route_table
 
@@ -76,7 +77,7 @@ def write_outbox_messages(recorded: list[RecordedEvent]) -> None:
 def _insert(connection: Any, rows: list[tuple]) -> None:
     # An IntegrityError must not escape as one: the store reads that as a concurrent append of the same events.
     try:
-        with connection.cursor() as cursor:
+        with statement_cursor(connection) as cursor:
             for start in range(0, len(rows), statements.INSERT_CHUNK):
                 cursor.execute(*statements.insert_messages(rows[start : start + statements.INSERT_CHUNK]))
     except DatabaseError as exc:

@@ -20,6 +20,7 @@ from ..conf import es_settings
 from ..exceptions import ConcurrencyError, DuplicateEventIdError, InvalidStreamIdError, StreamNotFoundError
 from . import statements
 from .codecs import decode_data, decode_metadata, encode_data, encode_metadata
+from .cursors import statement_cursor
 from .events import DomainEvent
 from .records import (
     ANY,
@@ -139,7 +140,7 @@ class EventStore:
             stamp=stamp,
             event_ids=ids,
         )
-        with connection.cursor() as cursor:
+        with statement_cursor(connection) as cursor:
             if one_statement:
                 cursor.execute(
                     *statements.append_in_one_statement(
@@ -212,7 +213,7 @@ class EventStore:
         raise ConcurrencyError(stream_id, expected_version, self._current_version(stream_id))
 
     def _current_version(self, stream_id: str) -> int:
-        with connections[self.using].cursor() as cursor:
+        with statement_cursor(connections[self.using]) as cursor:
             cursor.execute(f"SELECT version FROM {STREAM_TABLE} WHERE stream_id = %s", [stream_id])
             row = cursor.fetchone()
         return row[0] if row else 0
@@ -350,7 +351,7 @@ class EventStore:
 
     def stream_info(self, stream_id: str) -> StreamInfo:
         """Version and timestamps of a stream. Raises StreamNotFoundError if it has no events."""
-        with connections[self.using].cursor() as cursor:
+        with statement_cursor(connections[self.using]) as cursor:
             cursor.execute(
                 f"SELECT stream_id, category, version, created_at, updated_at FROM {STREAM_TABLE} WHERE stream_id = %s",
                 [stream_id],
@@ -369,7 +370,7 @@ class EventStore:
         )
 
     def _fetch(self, sql: str, params: list[Any]) -> list[RecordedEvent]:
-        with connections[self.using].cursor() as cursor:
+        with statement_cursor(connections[self.using]) as cursor:
             cursor.execute(sql, params)
             rows = cursor.fetchall()
         return [self.record(row) for row in rows]

@@ -21,6 +21,7 @@ from django.utils import timezone
 from ...conf import es_settings
 from ...exceptions import IdempotencyConflictError, IdempotencyInProgressError
 from ...models import IdempotencyRecord
+from ...store.cursors import statement_cursor
 from ..base import Command, CommandContext, CommandResult
 from . import Middleware, Next
 
@@ -77,7 +78,7 @@ class IdempotencyMiddleware(Middleware):
         expires = now + timedelta(seconds=es_settings.IDEMPOTENCY_TTL)
         adapt = connection.ops.adapt_datetimefield_value
         try:
-            with connection.cursor() as cursor:
+            with statement_cursor(connection) as cursor:
                 cursor.execute(
                     f"INSERT INTO {IdempotencyRecord._meta.db_table}"
                     " (scope, key, command_type, request_hash, created_at, expires_at)"
