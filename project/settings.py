@@ -108,8 +108,8 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     # Let psycopg prepare the event store's statements after 5 runs on a connection (Django
-    # turns preparing off for transaction-mode poolers; see docs/event-store.md). PREPARE_THRESHOLD=
-    # (empty) turns it off again, e.g. behind a PgBouncer older than 1.21.
+    # turns preparing off for transaction-mode poolers; see docs/event-store.md). PREPARE_THRESHOLD=0
+    # turns it off again, e.g. behind a PgBouncer older than 1.21.
     DATABASES["default"]["OPTIONS"].setdefault("prepare_threshold", env.int("PREPARE_THRESHOLD", default=5) or None)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -76,9 +76,12 @@ class EventStore:
         transaction the append joins it; outside one it commits on its own.
         """
         category = category_of(stream_id)
+        events = list(events)
         new_events = [_as_new_event(event, metadata) for event in events]
         if not new_events:
             raise ValueError("append() needs at least one event.")
+        # Only a NewEvent's id can be stored already: a domain event gets a fresh one here.
+        chosen_ids = {event.event_id for event in events if isinstance(event, NewEvent)}
         connection = connections[self.using]
         one_statement = connection.vendor == "postgresql" and len(new_events) <= INSERT_CHUNK
         event_types = {event.event_type for event in new_events}
@@ -86,10 +89,24 @@ class EventStore:
         try:
             if one_statement and not hooks and connection.get_autocommit():
                 # A single statement is a transaction of its own: no BEGIN/COMMIT round trips.
-                recorded = self._write(stream_id, category, new_events, expected_version, one_statement)
+                recorded = self._write(
+                    stream_id,
+                    category,
+                    new_events,
+                    chosen_ids=chosen_ids,
+                    expected=expected_version,
+                    one_statement=one_statement,
+                )
             else:
                 with transaction.atomic(using=self.using, savepoint=not one_statement):
-                    recorded = self._write(stream_id, category, new_events, expected_version, one_statement)
+                    recorded = self._write(
+                        stream_id,
+                        category,
+                        new_events,
+                        chosen_ids=chosen_ids,
+                        expected=expected_version,
+                        one_statement=one_statement,
+                    )
                     if recorded is not None:
                         for hook in hooks:
                             hook(recorded)
@@ -121,7 +138,9 @@ class EventStore:
         stream_id: str,
         category: str,
         new_events: list[NewEvent],
-        expected_version: ExpectedVersion,
+        *,
+        chosen_ids: set[uuid.UUID],
+        expected: ExpectedVersion,
         one_statement: bool,
     ) -> list[RecordedEvent] | None:
         """Write the append; None if the guard refused it (version moved on, or ids already stored)."""
@@ -130,13 +149,13 @@ class EventStore:
         stamp = connection.ops.adapt_datetimefield_value(now)
         count = len(new_events)
         encoded = [self._encode(event) for event in new_events]
-        ids = [row[0] for row in encoded]
+        ids = [row[0] for row, event in zip(encoded, new_events, strict=True) if event.event_id in chosen_ids]
         stream_sql, stream_params = statements.advance_stream(
             stream_id,
             category=category,
             tenant_id=new_events[0].metadata.get("tenant_id") or "",
             count=count,
-            expected=expected_version,
+            expected=expected,
             stamp=stamp,
             event_ids=ids,
         )

@@ -34,14 +34,21 @@ def advance_stream(
 ) -> tuple[str, list[Any]]:
     """SQL that moves the stream's version on by `count` and returns the new version.
 
-    It returns no row when the stream is not at `expected` or an event id is
-    already stored. Its row lock makes concurrent writers to one stream queue,
+    It returns no row when the stream is not at `expected` or one of `event_ids`
+    is already stored. Its row lock makes concurrent writers to one stream queue,
     and the losers then see the version the winner wrote.
+
+    `event_ids` are the ids the caller chose; ids the store made up itself cannot
+    be stored yet, and with none to check the statement reads no event row at all
+    (so no plan of it depends on how big the events table is thought to be).
     """
-    not_stored = f"NOT EXISTS (SELECT 1 FROM {EVENT_TABLE} WHERE event_id IN ({', '.join(['%s'] * len(event_ids))}))"
+    not_stored = ""
+    if event_ids:
+        marks = ", ".join(["%s"] * len(event_ids))
+        not_stored = f" AND NOT EXISTS (SELECT 1 FROM {EVENT_TABLE} WHERE event_id IN ({marks}))"
     insert = (
         f"INSERT INTO {STREAM_TABLE} (stream_id, category, tenant_id, version, created_at, updated_at)"
-        f" SELECT %s, %s, %s, %s, %s, %s WHERE {not_stored} ON CONFLICT (stream_id)"
+        f" SELECT %s, %s, %s, %s, %s, %s WHERE TRUE{not_stored} ON CONFLICT (stream_id)"
     )
     update = f"UPDATE {STREAM_TABLE} SET version = version + %s, updated_at = %s WHERE stream_id = %s"
     if expected is ANY:
@@ -51,9 +58,9 @@ def advance_stream(
         params = [stream_id, category, tenant_id, count, stamp, stamp, *event_ids]
         return f"{insert} DO NOTHING RETURNING version", params
     if expected is STREAM_EXISTS:
-        return f"{update} AND {not_stored} RETURNING version", [count, stamp, stream_id, *event_ids]
+        return f"{update}{not_stored} RETURNING version", [count, stamp, stream_id, *event_ids]
     if _is_version(expected) and expected > 0:
-        sql = f"{update} AND version = %s AND {not_stored} RETURNING version"
+        sql = f"{update} AND version = %s{not_stored} RETURNING version"
         return sql, [count, stamp, stream_id, expected, *event_ids]
     raise ValueError(f"expected_version must be ANY, NO_STREAM, STREAM_EXISTS or an int >= 0, not {expected!r}.")
 
