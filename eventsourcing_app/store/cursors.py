@@ -27,9 +27,13 @@ from django.db.backends.utils import CursorWrapper
 
 
 def statement_cursor(connection: BaseDatabaseWrapper) -> CursorWrapper:
-    """A Django cursor (errors translated, queries logged and counted as usual) binding on the server where it can."""
+    """A Django cursor (errors translated, execute_wrappers applied) binding on the server where it can.
+
+    While queries are logged (DEBUG, or a test counting them) it is Django's own cursor:
+    Django cannot show the SQL of a statement psycopg ran prepared, and logging is not fast anyway.
+    """
     cursor_class = _server_binding_cursor() if connection.vendor == "postgresql" else None
-    if cursor_class is None:
+    if cursor_class is None or connection.queries_logged:
         return connection.cursor()
     # What connection.cursor() does, with another cursor class.
     connection.close_if_health_check_failed()
@@ -37,7 +41,7 @@ def statement_cursor(connection: BaseDatabaseWrapper) -> CursorWrapper:
     connection.validate_thread_sharing()
     with connection.wrap_database_errors:
         cursor = cursor_class(connection.connection)
-    return connection.make_debug_cursor(cursor) if connection.queries_logged else connection.make_cursor(cursor)
+    return connection.make_cursor(cursor)
 
 
 @cache

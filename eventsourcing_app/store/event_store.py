@@ -158,6 +158,7 @@ class EventStore:
             expected=expected,
             stamp=stamp,
             event_ids=ids,
+            ids_as_array=one_statement,
         )
         with statement_cursor(connection) as cursor:
             if one_statement:
