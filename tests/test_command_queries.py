@@ -24,7 +24,7 @@ def place_order_queries(lines: int) -> list[str]:
 def test_place_order_runs_a_fixed_number_of_queries() -> None:
     one, many = place_order_queries(1), place_order_queries(40)
     assert len(one) == len(many)
-    writes = [sql for sql in many if "eventsourcing_event" in sql]
+    writes = [sql for sql in many if sql.startswith(("WITH", "INSERT", "UPDATE"))]
     assert len(writes) == (1 if connection.vendor == "postgresql" else 2)  # one CTE, or stream + events
     # The test's transaction turns the command's into a savepoint (and SQLite's append adds one):
     # savepoint(s), the append, release(s).
