@@ -376,6 +376,26 @@ class TestAsyncNudges:
         event_store.append("Ledger-nudge", [tick()])
         assert task.queued == ["nudged_ledger", "nudged_ledger"]
 
+    def test_one_commit_asks_the_cache_once_however_many_appends_it_holds(
+        self, event_store: EventStore, monkeypatch
+    ) -> None:
+        task = FakeTask()
+        monkeypatch.setattr("eventsourcing_app.tasks.run_projection", task)
+        asked: list[str] = []
+        add = cache.add
+        monkeypatch.setattr(cache, "add", lambda key, *args, **kwargs: asked.append(key) or add(key, *args, **kwargs))
+        with rolled_back():
+            event_store.append("Ledger-nudge", [tick()])
+        with transaction.atomic():
+            for amount in range(3):
+                with transaction.atomic():  # each in a savepoint, as a saga batch dispatches its commands
+                    event_store.append("Ledger-nudge", [tick(amount)])
+        assert asked == [pending_key("nudged_ledger")]
+        assert task.queued == ["nudged_ledger"]
+        cache.delete(pending_key("nudged_ledger"))  # the run started
+        event_store.append("Ledger-nudge", [tick()])  # the next commit asks again
+        assert task.queued == ["nudged_ledger", "nudged_ledger"]
+
     def test_appends_nobody_wants_and_rolled_back_appends_queue_nothing(
         self, event_store: EventStore, monkeypatch
     ) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 from django.core.cache import cache as django_cache
 
 from ..store import RecordedEvent
+from ..store.commit_runs import once_per_commit
 from .base import ASYNC, INLINE, LIVE, Projection
 from .registry import projection_registry
 
@@ -62,13 +63,19 @@ def enqueue_once(key: str, task: Any, *args: Any, timeout: int = 60) -> None:
 
     The mark lives in Django's cache, which every process must share once tasks go through a
     broker; it expires after `timeout` seconds, so a task the broker lost cannot block for longer.
+    Called from the COMMIT_HOOKS of one commit, it asks the cache once per key: the run queued
+    (or found queued) by the first call starts after the commit, so it sees all of its events.
     """
-    if django_cache.add(key, 1, timeout=timeout):
-        try:
-            task.delay(*args)
-        except Exception:
-            django_cache.delete(key)  # a later append (or the beat poll) tries again
-            raise
+
+    def enqueue() -> None:
+        if django_cache.add(key, 1, timeout=timeout):
+            try:
+                task.delay(*args)
+            except Exception:
+                django_cache.delete(key)  # a later append (or the beat poll) tries again
+                raise
+
+    once_per_commit(key, enqueue)
 
 
 @cache

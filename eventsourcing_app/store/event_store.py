@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from ..conf import es_settings
 from ..exceptions import ConcurrencyError, DuplicateEventIdError, InvalidStreamIdError, StreamNotFoundError
-from . import statements
+from . import commit_runs, statements
 from .codecs import decode_data, decode_metadata, encode_data, encode_metadata
 from .cursors import statement_cursor
 from .events import DomainEvent
@@ -124,14 +124,18 @@ class EventStore:
         """Run COMMIT_HOOKS once the events are committed (at once, outside a transaction).
 
         `robust`: a failing hook is logged and cannot undo or fail an append that committed.
+        The hooks of one transaction share a CommitRun (see commit_runs).
         """
         event_types = {event.event_type for event in recorded}
-        for hook in es_settings.COMMIT_HOOKS:
-            if _wants(hook, event_types):
-                callback = partial(hook, recorded)
-                # Django names a failing robust callback by its __qualname__, which a partial lacks.
-                callback.__qualname__ = getattr(hook, "__qualname__", type(hook).__qualname__)  # type: ignore[attr-defined]
-                transaction.on_commit(callback, using=self.using, robust=True)
+        hooks = [hook for hook in es_settings.COMMIT_HOOKS if _wants(hook, event_types)]
+        if not hooks:
+            return
+        run = commit_runs.for_connection(connections[self.using])
+        for hook in hooks:
+            callback = partial(commit_runs.run_hook, run, hook, recorded)
+            # Django names a failing robust callback by its __qualname__, which a partial lacks.
+            callback.__qualname__ = getattr(hook, "__qualname__", type(hook).__qualname__)  # type: ignore[attr-defined]
+            transaction.on_commit(callback, using=self.using, robust=True)
 
     def _write(
         self,
