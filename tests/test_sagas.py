@@ -18,7 +18,7 @@ from eventsourcing_app.commands import dispatch
 from eventsourcing_app.models import Checkpoint, CheckpointStatus, IdempotencyRecord, SagaState, SagaStatus
 from eventsourcing_app.projections import ProjectionRunner
 from eventsourcing_app.sagas import Saga, SagaInstance, Step, on, saga_registry
-from eventsourcing_app.store import EventStore, RecordedEvent
+from eventsourcing_app.store import EventStore, NewEvent, RecordedEvent
 from project.shop.commands import AddStock, ConfirmOrder, PlaceOrder, ReserveStock
 
 pytestmark = pytest.mark.django_db
@@ -258,6 +258,26 @@ def test_events_of_instances_that_never_started_are_ignored(registered) -> None:
     Checkpoint.objects.update_or_create(name=f"saga:{saga.name}", defaults={"position": after_placed})
     run(saga)
     assert not SagaState.objects.filter(saga_type=saga.name).exists()
+
+
+class OrdersOnly(ThreeSteps):
+    name = "tests.OrdersOnly"
+    categories = ("Order",)
+    fourth_refused = False
+
+
+def test_a_saga_with_categories_ignores_its_event_types_in_other_streams(registered) -> None:
+    saga = registered(OrdersOnly)
+    order_id = place_order()
+    # The same event type in another category (another context's "OrderPlaced", say) is not the saga's.
+    lookalike = {"order_id": str(uuid.uuid4()), "customer_id": "c", "items": [], "total": "0"}
+    EventStore().append(f"Imported-{uuid.uuid4()}", [NewEvent("OrderPlaced", lookalike)])
+    run(saga)
+    assert list(SagaState.objects.filter(saga_type=saga.name).values_list("correlation_id", flat=True)) == [
+        str(order_id)
+    ]
+    assert saga_registry.manager(saga.name).wants("OrderPlaced", "Order")
+    assert not saga_registry.manager(saga.name).wants("OrderPlaced", "Imported")
 
 
 def test_a_saga_must_handle_the_events_it_starts_with() -> None:

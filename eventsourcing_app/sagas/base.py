@@ -121,10 +121,14 @@ class Saga:
         on_error: what an unexpected error in a handler does: STOP the saga manager (visibly, in the
             saga admin and `eventsourcing_status`) or SKIP the event into a dead letter.
         batch_size: events per transaction (default SAGA_BATCH_SIZE).
+        categories: stream categories (or glob patterns) whose events it handles (default: all).
+            An event type is a name anyone may use; naming the categories keeps the saga to its
+            own aggregates' streams, and its log reads to them.
     """
 
     name: ClassVar[str]
     starts_with: ClassVar[Sequence[str]] = ()
+    categories: ClassVar[Sequence[str]] = ()
     correlation_field: ClassVar[str | None] = None
     on_error: ClassVar[str] = STOP
     batch_size: ClassVar[int | None] = None

@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from fnmatch import fnmatchcase
 
 from django.db import connections, transaction
 from django.utils import timezone
@@ -76,7 +77,6 @@ class SagaManager:
     """One saga, shaped like an async projection for `ProjectionRunner`."""
 
     kind = ASYNC
-    categories: tuple[str, ...] = ()
     # Errors after which the runner retries the batch (with backoff) instead of treating the event as poison.
     transient_errors = (ConcurrencyError,)
 
@@ -84,6 +84,7 @@ class SagaManager:
         self.saga = saga
         self.name = checkpoint_name(saga.name)
         self.event_types = saga.event_types
+        self.categories = tuple(saga.categories)
         self.on_error = saga.on_error
         self.store = store or EventStore()
 
@@ -92,7 +93,9 @@ class SagaManager:
         return self.saga.batch_size or es_settings.SAGA_BATCH_SIZE
 
     def wants(self, event_type: str, category: str | None = None) -> bool:
-        return self.saga.handler_for(event_type) is not None
+        if self.saga.handler_for(event_type) is None:
+            return False
+        return category is None or not self.categories or any(fnmatchcase(category, p) for p in self.categories)
 
     # ------------------------------------------------------------------ events
     def handle_batch(self, events: list[RecordedEvent]) -> None:

@@ -21,6 +21,7 @@ RESERVE, PAY, CONFIRM = "reserve_stock", "authorise_payment", "confirm_order"
 @register
 class OrderFulfillment(Saga):
     starts_with = ("OrderPlaced",)
+    categories = ("Order", "Inventory", "Payment")
     correlation_field = "order_id"
 
     @on("OrderPlaced")
