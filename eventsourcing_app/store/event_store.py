@@ -250,7 +250,7 @@ class EventStore:
         if limit is not None:
             sql += " LIMIT %s"
             params.append(limit)
-        return self._fetch(sql, params)
+        return self._fetch(sql, params, prepared=True)
 
     def read_all(
         self,
@@ -393,8 +393,16 @@ class EventStore:
             f"SELECT {EVENT_COLUMNS} FROM {EVENT_TABLE} WHERE event_id IN ({marks}) ORDER BY position", values
         )
 
-    def _fetch(self, sql: str, params: list[Any]) -> list[RecordedEvent]:
-        with statement_cursor(connections[self.using]) as cursor:
+    def _fetch(self, sql: str, params: list[Any], *, prepared: bool = False) -> list[RecordedEvent]:
+        """Rows of EVENT_COLUMNS as RecordedEvents.
+
+        `prepared` only for lookups by key (a stream's events), whose best plan is the same for
+        any parameters. A log read's plan depends on them (how far back `after` is, how common
+        the types and categories asked for are): a prepared one could keep a generic plan that
+        suits one reader and scans half the table for another.
+        """
+        connection = connections[self.using]
+        with statement_cursor(connection) if prepared else connection.cursor() as cursor:
             cursor.execute(sql, params)
             rows = cursor.fetchall()
         return [self.record(row) for row in rows]
