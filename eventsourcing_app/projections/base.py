@@ -43,6 +43,12 @@ def on(*event_types: str) -> Callable[[_Handler], _Handler]:
     return mark
 
 
+def in_categories(category: str | None, categories: Sequence[str]) -> bool:
+    """Whether a stream category is among `categories` (exact names or globs, as the store's log reads
+    take them); every category is when there are none, and so is an unknown (None) one."""
+    return category is None or not categories or any(fnmatchcase(category, pattern) for pattern in categories)
+
+
 class Projection:
     """Base class of projections; see the module docstring.
 
@@ -92,12 +98,7 @@ class Projection:
         return wanted
 
     def _matches(self, event_type: str, category: str | None) -> bool:
-        # Categories may be globs too, as the store's log reads take them.
-        if (
-            self.categories
-            and category is not None
-            and not any(fnmatchcase(category, pattern) for pattern in self.categories)
-        ):
+        if not in_categories(category, self.categories):
             return False
         return not self.event_types or any(fnmatchcase(event_type, pattern) for pattern in self.event_types)
 

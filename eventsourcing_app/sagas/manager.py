@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from fnmatch import fnmatchcase
+from functools import cache
 
 from django.db import connections, transaction
 from django.utils import timezone
@@ -42,7 +42,7 @@ from ..exceptions import (
     StreamNotFoundError,
 )
 from ..models import SagaState, SagaStatus
-from ..projections.base import ASYNC
+from ..projections.base import ASYNC, in_categories
 from ..projections.runner import TRANSIENT_ERRORS
 from ..store import EventStore, RecordedEvent
 from ..store.cursors import statement_cursor
@@ -95,7 +95,7 @@ class SagaManager:
     def wants(self, event_type: str, category: str | None = None) -> bool:
         if self.saga.handler_for(event_type) is None:
             return False
-        return category is None or not self.categories or any(fnmatchcase(category, p) for p in self.categories)
+        return in_categories(category, self.categories)
 
     # ------------------------------------------------------------------ events
     def handle_batch(self, events: list[RecordedEvent]) -> None:
@@ -349,17 +349,23 @@ def save_over(state: SagaState, version: int, *, using: str) -> None:
     state.version = version + 1
     state.updated_at = timezone.now()
     connection = connections[using]
-    fields = [SagaState._meta.get_field(name) for name in SAVED_FIELDS]
-    assignments = ", ".join(f"{connection.ops.quote_name(field.column)} = %s" for field in fields)
+    sql, fields = _save_over_statement(using)
     values = [field.get_db_prep_save(getattr(state, field.attname), connection) for field in fields]
-    table, key = SagaState._meta.db_table, SagaState._meta.pk.column
     with statement_cursor(connection) as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET {assignments} WHERE {key} = %s AND version = %s", [*values, state.pk, version]
-        )
+        cursor.execute(sql, [*values, state.pk, version])
         updated = cursor.rowcount
     if updated != 1:
         raise SagaConflictError(f"Saga {state.saga_type} {state.correlation_id} moved past version {version}.")
+
+
+@cache
+def _save_over_statement(using: str) -> tuple[str, list]:
+    """save_over's UPDATE for a database alias, and the fields whose values it takes in order."""
+    quote = connections[using].ops.quote_name
+    fields = [SagaState._meta.get_field(name) for name in SAVED_FIELDS]
+    assignments = ", ".join(f"{quote(field.column)} = %s" for field in fields)
+    table, key = SagaState._meta.db_table, SagaState._meta.pk.column
+    return f"UPDATE {table} SET {assignments} WHERE {key} = %s AND version = %s", fields
 
 
 def idempotency_key(saga_name: str, correlation_id: str, step: str) -> str:

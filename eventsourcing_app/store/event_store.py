@@ -86,27 +86,22 @@ class EventStore:
         one_statement = connection.vendor == "postgresql" and len(new_events) <= INSERT_CHUNK
         event_types = {event.event_type for event in new_events}
         hooks = [hook for hook in es_settings.APPEND_HOOKS if _wants(hook, event_types)]
+        write = partial(
+            self._write,
+            stream_id,
+            category,
+            new_events,
+            chosen_ids=chosen_ids,
+            expected=expected_version,
+            one_statement=one_statement,
+        )
         try:
             if one_statement and not hooks and connection.get_autocommit():
                 # A single statement is a transaction of its own: no BEGIN/COMMIT round trips.
-                recorded = self._write(
-                    stream_id,
-                    category,
-                    new_events,
-                    chosen_ids=chosen_ids,
-                    expected=expected_version,
-                    one_statement=one_statement,
-                )
+                recorded = write()
             else:
                 with transaction.atomic(using=self.using, savepoint=not one_statement):
-                    recorded = self._write(
-                        stream_id,
-                        category,
-                        new_events,
-                        chosen_ids=chosen_ids,
-                        expected=expected_version,
-                        one_statement=one_statement,
-                    )
+                    recorded = write()
                     if recorded is not None:
                         for hook in hooks:
                             hook(recorded)
