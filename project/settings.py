@@ -141,6 +141,10 @@ CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or "memory://localh
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Workers keep their database connections across tasks, as web processes do across requests: without
+# this, Celery's Django fixup closes them around every task, and each task pays for a new connection
+# (and loses its prepared statements). project/celery.py still drops a broken or CONN_MAX_AGE-old one.
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 # The queue tasks go to (and workers consume by default): one per deployment sharing a broker.
 CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_TASK_DEFAULT_QUEUE", default="celery")
 

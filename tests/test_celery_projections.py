@@ -260,3 +260,29 @@ def test_the_beat_poll_catches_up_projections_that_were_never_nudged(celery_work
 
     wait_until_caught_up(timeout=CATCH_UP_TIMEOUT, sagas=False)  # poll_projections polls projections only
     assert_read_models_match_the_log()
+
+
+def test_a_worker_keeps_its_database_connection_and_replaces_one_that_was_killed(
+    celery_workers: CeleryWorkers,
+) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("terminates the worker's PostgreSQL backend")
+    celery_workers.start(1)
+    store = EventStore()
+    store.append("Inventory-SKU-KILLED", [StockAdded(sku="SKU-KILLED", quantity=2)])
+    wait_until_caught_up(timeout=CATCH_UP_TIMEOUT, sagas=False)
+
+    # Between tasks the worker still holds its connection (no new connection per task)...
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        )
+        terminated = cursor.fetchall()
+    assert terminated, "the worker closed its connection after its task"
+
+    # ...and a dead one does not fail the next task: it is checked and replaced.
+    store.append("Inventory-SKU-KILLED", [StockAdded(sku="SKU-KILLED", quantity=3)])
+    wait_until_caught_up(timeout=CATCH_UP_TIMEOUT, sagas=False)
+    assert_read_models_match_the_log(with_orders=False)
+    assert InventoryLevel.objects.get(sku="SKU-KILLED").available == 5
