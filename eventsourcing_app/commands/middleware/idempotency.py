@@ -52,9 +52,9 @@ class IdempotencyMiddleware(Middleware):
             return next_(command, context)
         fingerprint = request_hash(command)
         scope, using = scope_of(context), context.store.using
-        records = IdempotencyRecord.objects.using(using).filter(scope=scope, key=context.idempotency_key)
         record_id = self._claim(scope, context.idempotency_key, command, fingerprint, using)
         if record_id is None:
+            records = IdempotencyRecord.objects.using(using).filter(scope=scope, key=context.idempotency_key)
             stored = self._replay(records, command, fingerprint)
             if stored is not None:
                 return stored
