@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from django.db import OperationalError, connection, connections
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from eventsourcing_app.models import Checkpoint, CheckpointStatus, ProjectionDeadLetter
@@ -344,6 +345,21 @@ class TestLease:
         assert holder.run_batch() is None  # the old holder now waits its turn
         other.run()
         assert ledger_state("ledger") == expected_ledger("ledger")
+
+    def test_batches_after_the_first_go_on_under_the_lease_their_advance_renewed(self, event_store: EventStore) -> None:
+        reset_ledger("ledger")
+        append_ticks(event_store, 30)
+        runner = ProjectionRunner(LedgerProjection(), owner="holder", batch_size=10)
+        statements = []
+        for _ in range(4):
+            with CaptureQueriesContext(connection) as captured:
+                runner.run_batch()
+            statements.append([query["sql"] for query in captured.captured_queries])
+        takes_lease = [any("SET lease_owner" in sql for sql in batch) for batch in statements]
+        # Only the first batch takes the lease (an UPDATE, and a commit); each advance renews it.
+        assert takes_lease == [True, False, False, False]
+        assert ledger_state("ledger") == expected_ledger("ledger")
+        assert checkpoint("ledger").lease_owner == "holder"
 
     def test_a_lease_moved_into_the_past_is_taken_over(self, event_store: EventStore) -> None:
         reset_ledger("ledger")
