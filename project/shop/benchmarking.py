@@ -14,9 +14,11 @@ from eventsourcing_app.store import EventStore
 
 from .commands import AddStock, PlaceOrder
 from .events import OrderConfirmed, OrderLine, OrderPlaced
+from .projections import ORDER_STATUS, OrderSummaryProjection
 
-# The events that give an order its final status in order_summary.
-OUTCOMES = {"OrderConfirmed": "confirmed", "OrderCancelled": "cancelled"}
+FINAL_STATUSES = ("confirmed", "cancelled")
+# The events that give an order a final status in order_summary, and that status.
+OUTCOMES = {event_type: status for event_type, status in ORDER_STATUS.items() if status in FINAL_STATUSES}
 LINES = [OrderLine(sku="SKU-KETTLE", quantity=1, unit_price=Decimal("24.90")), OrderLine("SKU-MUG", 4, Decimal("6.50"))]
 
 
@@ -79,7 +81,9 @@ class OrderFulfillmentWorkload:
     def _checkpoint() -> int:
         """order_summary's position, in plain SQL: it runs 200 times a second, and the ORM's query costs 5x as much."""
         with connection.cursor() as cursor:
-            cursor.execute(f"SELECT position FROM {Checkpoint._meta.db_table} WHERE name = %s", ["order_summary"])
+            cursor.execute(
+                f"SELECT position FROM {Checkpoint._meta.db_table} WHERE name = %s", [OrderSummaryProjection.name]
+            )
             row = cursor.fetchone()
         return row[0] if row else 0
 
