@@ -114,6 +114,15 @@ def test_only_runs_the_figures_named(transactional_db: None, tmp_path: Path) -> 
     ]
 
 
+def test_the_projection_figures_leave_no_work_for_anyone_else(transactional_db: None) -> None:
+    # Their events are the example shop's orders, confirmed: appended with the shop's hooks, each
+    # OrderConfirmed would leave an outbox message for the order-notification task behind.
+    run_benchmark("--only", "raw_read,catchup,rebuild", "--no-progress")
+
+    assert Event.objects.filter(event_type="OrderConfirmed").count() >= 4 * 10  # raw_read's, then 3 catchup runs
+    assert not OutboxMessage.objects.exists()
+
+
 def test_refuses_a_database_with_events_unless_yes(transactional_db: None) -> None:
     EventStore().append(f"Stock-{uuid.uuid4()}", [StockAdded(sku="SKU-1", quantity=5)])
 
