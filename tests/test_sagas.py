@@ -7,11 +7,14 @@ Tests drive the saga manager by hand (no on-commit nudges inside the test's tran
 
 from __future__ import annotations
 
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from eventsourcing_app.commands import dispatch
@@ -351,3 +354,63 @@ def test_a_lost_race_is_retried_not_compensated(registered, monkeypatch) -> None
     assert state_of(saga, order_id).status == SagaStatus.COMPLETED
     assert ran("do-") == ["do-a", "do-b", "do-c"]
     assert ran("undo-") == []
+
+
+def in_another_thread(work: Callable[[], Any]) -> Any:
+    """work() on a thread of its own (so with its own database connection): its result, or the error it raised."""
+    outcome: list[Any] = []
+
+    def run_work() -> None:
+        try:
+            outcome.append(work())
+        except Exception as error:
+            outcome.append(error)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run_work)
+    thread.start()
+    thread.join(30)
+    assert outcome, "the other thread did not finish"
+    return outcome[0]
+
+
+class Watching(Saga):
+    """A step with a deadline for OrderPlaced; while it handles OrderConfirmed, it lets `meanwhile` run elsewhere."""
+
+    name = "tests.Watching"
+    starts_with = ("OrderPlaced",)
+    correlation_field = "order_id"
+    meanwhile: Callable[[], Any] = staticmethod(lambda: None)
+    seen: Any = None
+
+    @on("OrderPlaced")
+    def placed(self, saga: SagaInstance, event: RecordedEvent) -> list[Step]:
+        saga.set_deadline(timedelta(minutes=5))
+        return [Step("first", note("watch-first"), compensate=note("watch-undo"))]
+
+    @on("OrderConfirmed")
+    def confirmed(self, saga: SagaInstance, event: RecordedEvent) -> None:
+        self.seen = in_another_thread(self.meanwhile)
+        saga.clear_deadline()
+        saga.complete()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_timeout_never_fires_on_an_instance_a_batch_is_handling(registered, without_sagas) -> None:
+    """The timeout task, run while a batch handles an event of an instance past its deadline, skips it."""
+    saga = registered(Watching)
+    order_id = place_order()
+    run(saga)  # running, with a deadline
+    manager = saga_registry.manager(saga.name)
+    later = timezone.now() + timedelta(minutes=10)
+    saga.meanwhile = lambda: manager.fire_timeouts(now=later)
+    dispatch(ConfirmOrder(order_id=order_id))
+
+    run(saga)  # while it handles OrderConfirmed, the deadline has passed for the timeout task
+
+    assert saga.seen == 0  # the instance was skipped, not fired
+    assert manager.fire_timeouts(now=later) == 0  # and once the batch is done, it has completed
+    assert state_of(saga, order_id).status == SagaStatus.COMPLETED
+    assert ran("watch-") == ["watch-first"]  # no compensation ran
