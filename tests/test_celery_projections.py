@@ -204,7 +204,8 @@ def test_an_event_committed_while_the_lease_holder_finishes_is_still_projected(c
     """Worker A has read the head (caught up) but not yet released its lease; event E commits; B is nudged.
 
     B finds the lease held and leaves E to A, but A decided before E existed.
-    To hold A in that gap, the test blocks A's head read behind a table lock,
+    To hold A in that gap, the test blocks A's head read behind a lock on the
+    position sequence (an uncommitted rename: the head reads the sequence),
     freezes A (SIGSTOP) once the read is answered, appends E, lets B run, and
     thaws A. E must still reach the read model, with no further append or poll.
     """
@@ -220,12 +221,14 @@ def test_an_event_committed_while_the_lease_holder_finishes_is_still_projected(c
         with locker.cursor() as cursor:
             cursor.execute("SELECT pg_backend_pid()")
             (locker_pid,) = cursor.fetchone()
-            cursor.execute("LOCK TABLE eventsourcing_event IN ACCESS EXCLUSIVE MODE")
+            cursor.execute(
+                "ALTER SEQUENCE eventsourcing_event_position_seq RENAME TO eventsourcing_event_position_seq_held"
+            )
         run_projection.delay("inventory_levels")
         backend_pid, query = wait_for(
             lambda: _blocked_by(locker_pid, mid_transaction=False), 15, "no worker read the head"
         )
-        assert "MAX(position)" in query, query
+        assert "eventsourcing_event_safe_head" in query, query
         holder = celery_workers.by_pid(pid_of_owner(Checkpoint.objects.get(name="inventory_levels").lease_owner))
         holder.proc.send_signal(signal.SIGSTOP)
         locker.rollback()

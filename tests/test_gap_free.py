@@ -11,12 +11,14 @@ writer does. Runs `stress_seconds` (a few seconds; a minute with --run-slow).
 
 from __future__ import annotations
 
+import threading
 from itertools import pairwise
 from pathlib import Path
 
-from django.db import connection
+import pytest
+from django.db import connection, transaction
 
-from eventsourcing_app.store import EventStore
+from eventsourcing_app.store import EventStore, NewEvent
 from tests.workers import killed_on_exit, release, results_of
 
 WRITERS = 4
@@ -58,3 +60,38 @@ def test_reader_following_the_log_sees_every_committed_event_once(
     if connection.vendor == "postgresql":
         # Rolled-back transactions used up sequence values: the reader had holes to step over.
         assert positions[-1] - positions[0] + 1 > len(positions), "no holes in the positions"
+
+
+@pytest.mark.postgres
+def test_readers_stop_below_a_transaction_still_writing_and_see_it_once_it_commits(
+    transactional_db: None, event_store: EventStore
+) -> None:
+    """T1 takes a position and stays open; T2 takes the next one and commits: T2's event waits for T1's."""
+    start = event_store.head_position()
+    appended, release_t1 = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def slow_writer() -> None:
+        try:
+            with transaction.atomic():
+                event_store.append("Slow-t1", [NewEvent("tests.Tick", {"n": 1})])
+                appended.set()
+                release_t1.wait(10)
+        except BaseException as error:  # reported by the assertion below
+            errors.append(error)
+        finally:
+            connection.close()
+
+    t1 = threading.Thread(target=slow_writer)
+    t1.start()
+    try:
+        assert appended.wait(10)
+        t2 = event_store.append("Fast-t2", [NewEvent("tests.Tick", {"n": 2})]).events[0]
+
+        assert event_store.head_position() < t2.position
+        assert event_store.read_all(after=start) == []  # T2 is committed, but T1 may still commit below it
+    finally:
+        release_t1.set()
+        t1.join(10)
+    assert not errors, errors
+    assert [(e.stream_id, e.data["n"]) for e in event_store.read_all(after=start)] == [("Slow-t1", 1), ("Fast-t2", 2)]

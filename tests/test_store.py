@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 
 from eventsourcing_app.exceptions import (
     ConcurrencyError,
@@ -263,7 +263,8 @@ class TestReading:
         start = event_store.head_position()
         for _ in range(7):
             event_store.append(stream(), notes("a"))
-        with django_assert_num_queries(4):  # batches of 2, 2, 2, 1
+        # Batches of 2, 2, 2, 1; on PostgreSQL each is read up to a head asked for first.
+        with django_assert_num_queries(8 if connection.vendor == "postgresql" else 4):
             events = list(event_store.iter_all(after=start, batch_size=2))
         assert len(events) == 7
         assert [e.position for e in events] == sorted(e.position for e in events)

@@ -23,6 +23,7 @@ from ..exceptions import CommandPermissionError, CommandValidationError
 from ..models import Event, Stream
 from ..outbox import metrics as outbox_metrics  # noqa: F401  (registers the outbox's metrics before the first scrape)
 from ..projections import projection_statuses
+from ..store import EventStore
 from . import problems
 from .filters import EventFilter
 from .pagination import PositionCursorPagination, StreamCursorPagination
@@ -128,7 +129,8 @@ class EventListView(ProblemDetailsMixin, TenantScopedMixin, generics.ListAPIView
     filterset_class = EventFilter
 
     def get_queryset(self) -> Any:
-        return self.scope(Event.objects.all())
+        # Up to the head only: a client following the log by cursor must never pass an event still committing.
+        return self.scope(Event.objects.filter(position__lte=EventStore().head_position()))
 
 
 class StreamListView(ProblemDetailsMixin, TenantScopedMixin, generics.ListAPIView):

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from django.db import IntegrityError, connections, transaction
+from django.db import IntegrityError, OperationalError, connections, transaction
 from django.utils import timezone
 
 from ..conf import es_settings
@@ -33,6 +33,10 @@ from .records import (
     StreamInfo,
 )
 from .statements import EVENT_COLUMNS, EVENT_TABLE, INSERT_CHUNK, STREAM_TABLE
+
+# PostgreSQL: how far readers may follow the log (migration 0007_gap_free_without_a_writer_lock).
+SAFE_HEAD_SQL = "SELECT eventsourcing_event_safe_head()"
+DEADLOCK_DETECTED = "40P01"
 
 
 def category_of(stream_id: str) -> str:
@@ -68,7 +72,9 @@ class EventStore:
             metadata: merged under each event's own metadata.
 
         Raises:
-            ConcurrencyError: the stream is not at `expected_version`.
+            ConcurrencyError: the stream is not at `expected_version` (or, on PostgreSQL, this
+                transaction appended to streams in an order that deadlocked with another's,
+                and was rolled back: retry it, as for a lost race).
             DuplicateEventIdError: an event id is stored, but not as this same append.
 
         Appending events whose ids are all stored already, in this stream and
@@ -110,6 +116,12 @@ class EventStore:
             if connection.needs_rollback or (connection.in_atomic_block and connection.vendor == "postgresql"):
                 raise ConcurrencyError(stream_id, expected_version, None) from None
             recorded = None
+        except OperationalError as error:
+            # Two transactions each appending to several streams, in opposite orders, wait for each
+            # other's stream rows: PostgreSQL aborts one. Like a lost race, it is worth a retry.
+            if getattr(error.__cause__, "sqlstate", None) == DEADLOCK_DETECTED:
+                raise ConcurrencyError(stream_id, expected_version, None) from error
+            raise
         if recorded is None:
             return self._resolve_refused(stream_id, new_events, expected_version)
         self._after_commit(recorded)
@@ -264,8 +276,11 @@ class EventStore:
         Args:
             event_types: exact names, or glob patterns such as "Order*".
             categories: stream categories.
-            until: the last position to include (e.g. the head read before).
+            until: the last position to include: a head_position() read before, or
+                a position below one. Without it, a PostgreSQL read asks for the head first.
         """
+        if until is None and connections[self.using].vendor == "postgresql":
+            until = self.head_position()  # read first, in a statement of its own: see head_position
         query = self.log_query(
             after=after,
             limit=limit or es_settings.READ_BATCH_SIZE,
@@ -363,9 +378,19 @@ class EventStore:
                 return
 
     def head_position(self) -> int:
-        """The highest position in the global log (0 when it is empty)."""
-        with connections[self.using].cursor() as cursor:
-            cursor.execute(f"SELECT MAX(position) FROM {EVENT_TABLE}")
+        """How far a reader may follow the global log now (0 when it is empty).
+
+        Every event at or below it that will ever be committed is committed already, so a
+        reader that reads up to it (in a later statement) and goes on from there never skips
+        one. On PostgreSQL it stops below the first position another transaction still
+        writing may take (docs/event-store.md, "Gap-free global log"); holes left by rolled
+        back appends are passed. On SQLite, whose writers are serialised, it is the highest
+        committed position.
+        """
+        connection = connections[self.using]
+        sql = SAFE_HEAD_SQL if connection.vendor == "postgresql" else f"SELECT MAX(position) FROM {EVENT_TABLE}"
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
             return cursor.fetchone()[0] or 0
 
     def stream_info(self, stream_id: str) -> StreamInfo:

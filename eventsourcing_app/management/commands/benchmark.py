@@ -593,14 +593,14 @@ def append_concurrent(bench: Bench) -> list[Run]:
 @figure("raw_insert_concurrent", "events/s", baseline="raw_insert_concurrent_nolock")
 def raw_insert_concurrent(bench: Bench) -> list[Run]:
     """--writers processes at once, each with its own raw connection, each as raw_insert_single (the
-    real tables: on PostgreSQL their gap-free trigger serialises these inserts too)."""
+    real tables: on PostgreSQL their gap-free trigger marks these inserts in flight too)."""
     return bench.concurrent(WriterTask("raw", bench.category), bench.count_rows(EVENT_TABLE))
 
 
 @figure("raw_insert_concurrent_nolock", "events/s", vendors=("postgresql",))
 def raw_insert_concurrent_nolock(bench: Bench) -> list[Run]:
     """As raw_insert_concurrent, into scratch copies of the two tables (same columns, indexes and
-    foreign key) without the gap-free trigger, dropped afterwards: what the gap-free lock costs."""
+    foreign key) without the gap-free trigger, dropped afterwards: what the gap-free trigger costs."""
     with _scratch_tables(bench):
         task = WriterTask("raw", bench.category, streams=SCRATCH_STREAMS, events=SCRATCH_EVENTS)
         return bench.concurrent(task, bench.count_rows(SCRATCH_EVENTS))
