@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pytest
 from django.db import connection, transaction
@@ -234,6 +235,16 @@ class TestReading:
         assert (event.stream_id, event.category, event.version) == (sid, "Note", 1)
         assert (event.event_type, event.schema_version) == ("tests.store.Noted", 1)
         assert event.recorded_at.tzinfo is not None
+
+    def test_the_recorded_time_reads_back_as_the_same_instant_in_utc(self, event_store: EventStore) -> None:
+        sid = stream()
+        appended = event_store.append(sid, notes("a")).events[0]
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:  # the session's time zone decides how timestamps are written out
+                cursor.execute("SET TIME ZONE 'Asia/Kolkata'")
+        (event,) = event_store.read_stream(sid)
+        assert event.recorded_at == appended.recorded_at
+        assert event.recorded_at.utcoffset() == timedelta(0)
 
     def test_unregistered_event_types_read_back_as_dicts(self, event_store: EventStore) -> None:
         sid = stream()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -37,6 +37,7 @@ from .statements import EVENT_COLUMNS, EVENT_TABLE, INSERT_CHUNK, STREAM_TABLE
 # PostgreSQL: how far readers may follow the log (migration 0007_gap_free_without_a_writer_lock).
 SAFE_HEAD_SQL = "SELECT eventsourcing_event_safe_head()"
 DEADLOCK_DETECTED = "40P01"
+ZERO = timedelta(0)
 
 
 def category_of(stream_id: str) -> str:
@@ -446,9 +447,12 @@ class EventStore:
 
     @staticmethod
     def _datetime(value: datetime | str) -> datetime:
-        if isinstance(value, datetime):
-            return value if value.tzinfo else value.replace(tzinfo=UTC)
-        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+        """An aware datetime from a timestamp column, read as such or as text (naive means UTC, as Django stores it)."""
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value if value.utcoffset() == ZERO else value.astimezone(UTC)
 
 
 def _matching(column: str, values: list[str], vendor: str) -> tuple[str, list[Any]]:

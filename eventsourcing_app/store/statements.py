@@ -16,7 +16,12 @@ from .records import ANY, NO_STREAM, STREAM_EXISTS, ExpectedVersion
 
 STREAM_TABLE = "eventsourcing_stream"
 EVENT_TABLE = "eventsourcing_event"
-EVENT_COLUMNS = "position, event_id, stream_id, version, event_type, schema_version, data, metadata, recorded_at"
+# recorded_at is read as text: Python's fromisoformat parses it in a fraction of the time of the
+# per-row timestamp loader Django installs on PostgreSQL connections (a quarter of an aggregate load).
+EVENT_COLUMNS = (
+    "position, event_id, stream_id, version, event_type, schema_version, data, metadata,"
+    " CAST(recorded_at AS text) AS recorded_at"
+)
 INSERTED_COLUMNS = (
     "event_id, stream_id, category, version, event_type, schema_version, data, metadata, tenant_id, recorded_at"
 )
