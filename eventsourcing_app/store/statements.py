@@ -99,7 +99,7 @@ def append_in_one_statement(
     the server prepares it once (a VALUES list would be a new statement for each count,
     which psycopg re-parses on every call past 50 parameters; array parameters cost psycopg
     a regex escape per JSON text). The one-event form is kept because, measured with eight
-    writers on the gap-free lock, it let about a third more appends through than the JSON
+    writers on the gap-free lock of the time, it let about a third more appends through than the JSON
     form (docs/benchmarks.md).
     """
     insert = f"WITH s AS ({stream_sql}) INSERT INTO {EVENT_TABLE} ({INSERTED_COLUMNS})"
