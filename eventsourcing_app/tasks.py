@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from celery import shared_task
+from celery import current_task, shared_task
 from django.core.cache import cache as django_cache
 
 from .conf import es_settings
@@ -16,6 +16,8 @@ from .sagas import SagaManager, saga_registry
 from .sagas import hooks as saga_hooks
 
 logger = logging.getLogger("eventsourcing_app.projections")
+# How soon a caught-up run looks again while committed events wait behind a writer still in flight.
+HELD_BACK_RETRY_SECONDS = 0.1
 
 
 @shared_task(name="eventsourcing_app.cleanup_idempotency_records")
@@ -43,12 +45,8 @@ def run_projection(name: str) -> int:
     # events to us, though we may have read the head before they committed. Out of time, or free and
     # behind: queue a continuation. Held by another worker: that worker will look after its release.
     checkpoint = Checkpoint.objects.get(name=name)
-    if (
-        checkpoint.status == CheckpointStatus.RUNNING
-        and not checkpoint.lease_owner
-        and runner.store.head_position() > checkpoint.position
-    ):
-        enqueue_projection(name)
+    if (behind := _behind(runner, checkpoint)) is not None:
+        enqueue_projection(name, countdown=behind)
     return passed
 
 
@@ -76,13 +74,26 @@ def run_saga(name: str) -> int:
     # Without beat (the embedded default), a deadline also fires the next time the saga runs.
     _fire_timeouts(manager)
     checkpoint = Checkpoint.objects.get(name=manager.name)
-    if (
-        checkpoint.status == CheckpointStatus.RUNNING
-        and not checkpoint.lease_owner
-        and runner.store.head_position() > checkpoint.position
-    ):
-        saga_hooks.enqueue_saga(name)
+    if (behind := _behind(runner, checkpoint)) is not None:
+        saga_hooks.enqueue_saga(name, countdown=behind)
     return passed
+
+
+def _behind(runner: ProjectionRunner, checkpoint: Checkpoint) -> float | None:
+    """After a run: None if nothing is left to this worker, else the delay to queue the next run after.
+
+    Free and behind the head: at once. Caught up with the head, but with committed events past it
+    (held back by a transaction still in flight, which may nudge nobody when it ends: it may append
+    nothing this projection wants, or roll back): a little later, while that transaction lasts. Eager
+    tasks (no broker) have no worker to come back later, and the next append or run looks again.
+    """
+    if checkpoint.status != CheckpointStatus.RUNNING or checkpoint.lease_owner:
+        return None
+    if runner.store.head_position() > checkpoint.position:
+        return 0
+    if runner.store.last_position() > checkpoint.position and not getattr(current_task.request, "is_eager", True):
+        return HELD_BACK_RETRY_SECONDS
+    return None
 
 
 @shared_task(name="eventsourcing_app.poll_sagas", ignore_result=True)

@@ -81,14 +81,18 @@ def given(
 def captured_events(*, store: EventStore | None = None) -> Iterator[list[RecordedEvent]]:
     """Yield a list that, once the block exits without error, holds the events appended inside it.
 
-    It reads the global log after the head seen on entry, so it captures every
-    event appended meanwhile, by this code or any other writer.
+    It reads the global log after the last position committed on entry, up to the last one
+    committed on exit, so it captures every event appended meanwhile, by this code or any
+    other writer that committed by then.
     """
     store = store or EventStore()
-    head = store.head_position()
+    last = store.last_position()
     captured: list[RecordedEvent] = []
     yield captured
-    captured.extend(store.iter_all(after=head))
+    end = store.last_position()
+    while batch := store.read_all(after=last, until=end):
+        captured.extend(batch)
+        last = batch[-1].position
 
 
 def wait_until_caught_up(timeout: float = 30.0, *, run: bool = False, sagas: bool = True) -> list[ProjectionStatus]:

@@ -95,3 +95,4 @@ def test_readers_stop_below_a_transaction_still_writing_and_see_it_once_it_commi
         t1.join(10)
     assert not errors, errors
     assert [(e.stream_id, e.data["n"]) for e in event_store.read_all(after=start)] == [("Slow-t1", 1), ("Fast-t2", 2)]
+    assert event_store.head_position() == event_store.last_position() == t2.position  # nobody in flight

@@ -6,11 +6,12 @@ writers got little more than one, and a long transaction that had appended (a sa
 batch) held up every other writer.
 
 Now a writer only *marks itself in flight* before its INSERT takes positions: a
-shared transaction-scoped advisory lock whose key carries the sequence's last
-value, a lower bound of every position the INSERT will take. Shared locks never
-wait for each other. Readers ask `eventsourcing_event_safe_head()` how far they
-may read: no further than what the sequence had handed out, and below the lowest
-bound of any other transaction still in flight. See docs/event-store.md.
+shared transaction-scoped advisory lock whose key carries the highest position
+the sequence has handed out so far; every position the INSERT takes is above it.
+Shared locks never wait for each other. Readers ask
+`eventsourcing_event_safe_head()` how far they may read: no further than what the
+sequence had handed out, and no further than the mark of any other transaction
+still in flight (prepared ones included). See docs/event-store.md.
 """
 
 from django.db import migrations
@@ -29,10 +30,15 @@ ALTER SEQUENCE {sequence} CACHE 1;
 
 CREATE OR REPLACE FUNCTION eventsourcing_event_mark_in_flight() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    handed_out bigint;
 BEGIN
-    -- Every position this INSERT takes comes after the sequence's last value now.
-    PERFORM pg_advisory_xact_lock_shared(({IN_FLIGHT_SPACE}::bigint << {POSITION_BITS}) | last_value)
-       FROM {sequence};
+    -- Every position this INSERT takes comes after what the sequence has handed out now.
+    SELECT last_value - (NOT is_called)::int INTO handed_out FROM {sequence};
+    IF handed_out > {mask} THEN
+        RAISE EXCEPTION 'eventsourcing_event positions past 2^{POSITION_BITS} cannot be marked in flight';
+    END IF;
+    PERFORM pg_advisory_xact_lock_shared(({IN_FLIGHT_SPACE}::bigint << {POSITION_BITS}) | handed_out);
     RETURN NULL;
 END
 $$;
@@ -49,14 +55,14 @@ DECLARE
     lowest_in_flight bigint;
 BEGIN
     -- In this order: first what the sequence has handed out, then who is still writing.
-    SELECT CASE WHEN is_called THEN last_value ELSE 0 END INTO handed_out FROM {sequence};
+    SELECT last_value - (NOT is_called)::int INTO handed_out FROM {sequence};
     SELECT min(((classid::bigint << 32) | objid::bigint) & {mask}) INTO lowest_in_flight
       FROM pg_locks
      WHERE locktype = 'advisory' AND objsubid = 1 AND granted
        AND classid::bigint >> {POSITION_BITS - 32} = {IN_FLIGHT_SPACE}
-       AND pid <> pg_backend_pid()
+       AND pid IS DISTINCT FROM pg_backend_pid()  -- a prepared transaction's locks have no pid
        AND database = (SELECT oid FROM pg_database WHERE datname = current_database());
-    RETURN LEAST(handed_out, lowest_in_flight - 1);
+    RETURN LEAST(handed_out, lowest_in_flight);
 END
 $$;
 """

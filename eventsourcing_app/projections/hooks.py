@@ -51,14 +51,14 @@ def nudge_async_projections(recorded: list[RecordedEvent]) -> None:
 nudge_async_projections.wants = lambda event_types: bool(_interested(ASYNC, event_types))  # type: ignore[attr-defined]
 
 
-def enqueue_projection(name: str) -> None:
+def enqueue_projection(name: str, *, countdown: float = 0) -> None:
     """Queue `run_projection(name)` unless one is queued and not started yet (it will see our events)."""
     from ..tasks import run_projection
 
-    enqueue_once(pending_key(name), run_projection, name)
+    enqueue_once(pending_key(name), run_projection, name, countdown=countdown)
 
 
-def enqueue_once(key: str, task: Any, *args: Any, timeout: int = 60) -> None:
+def enqueue_once(key: str, task: Any, *args: Any, timeout: int = 60, countdown: float = 0) -> None:
     """Queue `task(*args)` unless the cache marks one as queued and not started (the task deletes `key`).
 
     The mark lives in Django's cache, which every process must share once tasks go through a
@@ -70,7 +70,7 @@ def enqueue_once(key: str, task: Any, *args: Any, timeout: int = 60) -> None:
     def enqueue() -> None:
         if django_cache.add(key, 1, timeout=timeout):
             try:
-                task.delay(*args)
+                task.apply_async(args, countdown=countdown) if countdown else task.delay(*args)
             except Exception:
                 django_cache.delete(key)  # a later append (or the beat poll) tries again
                 raise

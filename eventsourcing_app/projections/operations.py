@@ -126,7 +126,7 @@ def retry_dead_letters(name: str, store: EventStore | None = None) -> tuple[int,
     applied = failing = 0
     letters = ProjectionDeadLetter.objects.using(store.using)
     for letter in letters.filter(projection=name, retried_at__isnull=True):
-        (event,) = store.read_all(after=letter.position - 1, limit=1)
+        (event,) = store.read_all(after=letter.position - 1, limit=1, until=letter.position)  # committed already
         try:
             with transaction.atomic(using=store.using):
                 projection.handle_batch([event])

@@ -18,11 +18,11 @@ def nudge_sagas(recorded: list[RecordedEvent]) -> None:
 nudge_sagas.wants = lambda event_types: bool(saga_registry.interested(event_types))  # type: ignore[attr-defined]
 
 
-def enqueue_saga(name: str) -> None:
+def enqueue_saga(name: str, *, countdown: float = 0) -> None:
     """Queue `run_saga(name)` unless one is queued and not started yet (it will see our events)."""
     from ..tasks import run_saga
 
-    enqueue_once(pending_key(name), run_saga, name)
+    enqueue_once(pending_key(name), run_saga, name, countdown=countdown)
 
 
 @cache

@@ -394,6 +394,15 @@ class EventStore:
             cursor.execute(sql)
             return cursor.fetchone()[0] or 0
 
+    def last_position(self) -> int:
+        """The highest committed position (0 for an empty log): readers may not reach it yet.
+
+        Past head_position() while a transaction that appended below it is still in flight.
+        """
+        with connections[self.using].cursor() as cursor:
+            cursor.execute(f"SELECT MAX(position) FROM {EVENT_TABLE}")
+            return cursor.fetchone()[0] or 0
+
     def stream_info(self, stream_id: str) -> StreamInfo:
         """Version and timestamps of a stream. Raises StreamNotFoundError if it has no events."""
         with statement_cursor(connections[self.using]) as cursor:
