@@ -91,7 +91,8 @@ def _behind(runner: ProjectionRunner, checkpoint: Checkpoint) -> float | None:
         return None
     if runner.store.head_position() > checkpoint.position:
         return 0
-    if runner.store.last_position() > checkpoint.position and not getattr(current_task.request, "is_eager", True):
+    eager = getattr(getattr(current_task, "request", None), "is_eager", True)  # or called outside any task
+    if not eager and runner.store.last_position() > checkpoint.position:
         return HELD_BACK_RETRY_SECONDS
     return None
 

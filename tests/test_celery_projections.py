@@ -289,3 +289,34 @@ def test_a_worker_keeps_its_database_connection_and_replaces_one_that_was_killed
     wait_until_caught_up(timeout=CATCH_UP_TIMEOUT, sagas=False)
     assert_read_models_match_the_log(with_orders=False)
     assert InventoryLevel.objects.get(sku="SKU-KILLED").available == 5
+
+
+@pytest.mark.postgres
+def test_an_event_held_back_by_a_writer_that_rolls_back_is_still_projected(celery_workers: CeleryWorkers) -> None:
+    """T1 appends (a position below everything after it) and stays open; T2 appends E and commits; T1 rolls back.
+
+    E's nudge finds the log's head held below E by T1, and T1's rollback nudges nobody: the run
+    looks again shortly after, by itself, so E reaches the read model with no further append or poll.
+    """
+    celery_workers.start(1)
+    store = EventStore()
+    store.append("Inventory-SKU-HELD", [StockAdded(sku="SKU-HELD", quantity=1)])
+    wait_until_caught_up(timeout=CATCH_UP_TIMEOUT)
+
+    slow = connections.create_connection("default")
+    try:
+        slow.set_autocommit(False)
+        with slow.cursor() as cursor:  # an append, in plain SQL: a position taken, then held open
+            cursor.execute(
+                "INSERT INTO eventsourcing_event (event_id, stream_id, category, version, event_type, schema_version,"
+                " data, metadata, tenant_id, recorded_at) VALUES (gen_random_uuid(), 'Slow-1', 'Slow', 1, 'Slow',"
+                " 1, '{}', '{}', '', now())"
+            )
+        store.append("Inventory-SKU-HELD", [StockAdded(sku="SKU-HELD", quantity=2)])  # E, and its nudge
+        assert store.head_position() < store.last_position()  # E is held back
+        time.sleep(0.5)  # E's run has come and gone, finding the head below E
+        slow.rollback()
+    finally:
+        slow.close()
+
+    wait_for(lambda: inventory_read_model().get("SKU-HELD") == (3, 0), 10, "the held-back event was not projected")
