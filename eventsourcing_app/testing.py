@@ -89,10 +89,7 @@ def captured_events(*, store: EventStore | None = None) -> Iterator[list[Recorde
     last = store.last_position()
     captured: list[RecordedEvent] = []
     yield captured
-    end = store.last_position()
-    while batch := store.read_all(after=last, until=end):
-        captured.extend(batch)
-        last = batch[-1].position
+    captured.extend(store.iter_all(after=last, until=store.last_position()))
 
 
 def wait_until_caught_up(timeout: float = 30.0, *, run: bool = False, sagas: bool = True) -> list[ProjectionStatus]:

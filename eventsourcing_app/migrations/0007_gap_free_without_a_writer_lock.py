@@ -25,6 +25,8 @@ GAP_FREE_LOCK_KEY = 0x65735F676170
 
 def _sql(sequence: str) -> tuple[str, str]:
     mask = (1 << POSITION_BITS) - 1
+    # The highest position handed out so far: what a writer marks, and the first bound of the head.
+    read_handed_out = f"SELECT last_value - (NOT is_called)::int INTO handed_out FROM {sequence};"
     forward = f"""
 ALTER SEQUENCE {sequence} CACHE 1;
 
@@ -34,7 +36,7 @@ DECLARE
     handed_out bigint;
 BEGIN
     -- Every position this INSERT takes comes after what the sequence has handed out now.
-    SELECT last_value - (NOT is_called)::int INTO handed_out FROM {sequence};
+    {read_handed_out}
     IF handed_out > {mask} THEN
         RAISE EXCEPTION 'eventsourcing_event positions past 2^{POSITION_BITS} cannot be marked in flight';
     END IF;
@@ -55,7 +57,7 @@ DECLARE
     lowest_in_flight bigint;
 BEGIN
     -- In this order: first what the sequence has handed out, then who is still writing.
-    SELECT last_value - (NOT is_called)::int INTO handed_out FROM {sequence};
+    {read_handed_out}
     SELECT min(((classid::bigint << 32) | objid::bigint) & {mask}) INTO lowest_in_flight
       FROM pg_locks
      WHERE locktype = 'advisory' AND objsubid = 1 AND granted

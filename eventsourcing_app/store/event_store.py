@@ -369,10 +369,13 @@ class EventStore:
         batch_size: int | None = None,
         event_types: Sequence[str] | None = None,
         categories: Sequence[str] | None = None,
+        until: int | None = None,
     ) -> Iterator[RecordedEvent]:
-        """The global log after `after`, read lazily in batches of `batch_size` (READ_BATCH_SIZE)."""
+        """The global log after `after` (up to `until`, as read_all), read lazily in batches of `batch_size`."""
         batch_size = batch_size or es_settings.READ_BATCH_SIZE
-        while batch := self.read_all(after=after, limit=batch_size, event_types=event_types, categories=categories):
+        while batch := self.read_all(
+            after=after, limit=batch_size, event_types=event_types, categories=categories, until=until
+        ):
             yield from batch
             after = batch[-1].position
             if len(batch) < batch_size:
@@ -389,9 +392,10 @@ class EventStore:
         committed position.
         """
         connection = connections[self.using]
-        sql = SAFE_HEAD_SQL if connection.vendor == "postgresql" else f"SELECT MAX(position) FROM {EVENT_TABLE}"
+        if connection.vendor != "postgresql":
+            return self.last_position()
         with connection.cursor() as cursor:
-            cursor.execute(sql)
+            cursor.execute(SAFE_HEAD_SQL)
             return cursor.fetchone()[0] or 0
 
     def last_position(self) -> int:
