@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import typing
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
@@ -113,9 +114,15 @@ class Aggregate:
     def from_snapshot(cls, aggregate_id: Any, version: int, state: dict[str, Any]) -> Aggregate:
         """Rebuild an aggregate from `snapshot_state()`, typed by the class's annotations."""
         aggregate = cls(aggregate_id)
-        hints = typing.get_type_hints(cls)
+        hints = _state_types(cls)
         for name, value in state.items():
             hint = hints.get(name)
             setattr(aggregate, name, value if hint is None else msgspec.convert(value, type=hint, strict=False))
         aggregate.version = version
         return aggregate
+
+
+@functools.cache
+def _state_types(aggregate_class: type[Aggregate]) -> dict[str, Any]:
+    """The class's resolved annotations: resolving them took a tenth of a saga command's time, every load."""
+    return typing.get_type_hints(aggregate_class)
