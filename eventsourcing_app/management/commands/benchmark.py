@@ -67,6 +67,8 @@ METADATA: Metadata = {"correlation_id": "6f1c2a9e-0d7b-4c2e-9b1a-3f5e8d2c4a10"}
 WRITER_TIMEOUT = 300.0
 # The outbox figure's Redis when --redis-url is not given and the Celery broker is not Redis.
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# Orders per second the placers offer in the paced saga runs (--saga-rate): the saga throughput aimed at.
+SAGA_PACED_RATE = 100.0
 # Appends per transaction when the outbox figure writes its (untimed) events.
 OUTBOX_APPENDS_PER_TRANSACTION = 100
 
@@ -164,6 +166,7 @@ class Bench:
         log: Callable[[str], None],
         redis_url: str = DEFAULT_REDIS_URL,
         orders: int = 1000,
+        saga_rate: float = SAGA_PACED_RATE,
     ) -> None:
         self.n = n
         self.min_seconds = min_seconds
@@ -172,7 +175,8 @@ class Bench:
         self.log = log
         self.redis_url = redis_url
         self.orders = orders
-        # What a figure measured for others reported from the same runs (saga_orders, saga_p50_ms, saga_p95_ms).
+        self.saga_rate = saga_rate
+        # What a figure measured for others reported from the same runs (the saga figures).
         self.shared: dict[str, Any] = {}
         self.category = f"Bench{uuid.uuid4().hex[:12]}"
         self._pool: WriterPool | None = None
@@ -894,12 +898,14 @@ class Reading(Run):
 @dataclass(frozen=True)
 class SagaRun:
     """One run of the saga figures: orders placed, seconds from the first placing to the last outcome seen,
-    each order's latency (ms, sorted) and how many ended with each final status."""
+    each order's latency (ms, sorted), how many ended with each final status, and the seconds the placing
+    took."""
 
     orders: int
     seconds: float
     latencies: list[float]
     outcomes: dict[str, int]
+    placing: float
 
     def percentile(self, percent: float) -> float:
         """Nearest rank: the latency that `percent`% of the orders did not exceed."""
@@ -930,8 +936,22 @@ def saga_p95_ms(bench: Bench) -> list[Run]:
     return [Reading(run.orders, run.seconds, run.percentile(95)) for run in _saga_runs(bench)]
 
 
-def _saga_runs(bench: Bench) -> list[SagaRun]:
-    """The saga runs, measured once for the three figures (or why they are skipped)."""
+@figure("saga_paced_p50_ms", "ms")
+def saga_paced_p50_ms(bench: Bench) -> list[Run]:
+    """The median order's latency, measured as saga_p50_ms, in runs where the placers offer --saga-rate
+    orders/s (100) instead of all at once: the latency at that load, not the time an order waits behind
+    a burst (which is the burst's size over saga_orders)."""
+    return [Reading(run.orders, run.seconds, run.percentile(50)) for run in _saga_runs(bench, paced=True)]
+
+
+@figure("saga_paced_p95_ms", "ms")
+def saga_paced_p95_ms(bench: Bench) -> list[Run]:
+    """The 95th percentile of the paced runs' latencies."""
+    return [Reading(run.orders, run.seconds, run.percentile(95)) for run in _saga_runs(bench, paced=True)]
+
+
+def _saga_runs(bench: Bench, *, paced: bool = False) -> list[SagaRun]:
+    """The burst or the paced saga runs, all measured once with one pool of workers (or why they are skipped)."""
     runs = bench.shared.get("saga")
     if runs is None:
         try:
@@ -941,37 +961,55 @@ def _saga_runs(bench: Bench) -> list[SagaRun]:
         bench.shared["saga"] = runs
     if isinstance(runs, FigureSkipped):
         raise runs
-    return runs
+    burst, paced_runs = runs
+    if paced and not paced_runs:
+        raise FigureSkipped("--saga-rate is 0")
+    return paced_runs if paced else burst
 
 
-def _measure_sagas(bench: Bench) -> list[SagaRun]:
+def _measure_sagas(bench: Bench) -> tuple[list[SagaRun], list[SagaRun]]:
     workload = es_settings.BENCHMARK_SAGA
     if workload is None:
         raise FigureSkipped("EVENTSOURCING['BENCHMARK_SAGA'] is not set (see docs/benchmarks.md)")
     with CeleryWorkerPool(_celery_app(), SAGA_WORKERS, bench.log) as workers:
         try:
-            _saga_run(workload, min(SAGA_WARMUP_ORDERS, bench.orders), f"{bench.category}-warmup", bench.log)
+            _saga_run(workload, min(SAGA_WARMUP_ORDERS, bench.orders), f"{bench.category}-warmup")
         except CommandError as error:
             raise CommandError(
                 f"saga_orders: the warm-up orders did not go through ({error}). Do the workers use this database, "
                 "and do they send their tasks to the queue named by CELERY_TASK_DEFAULT_QUEUE in their "
                 f"environment? Their logs end:\n{workers.log_tail()}"
             ) from None
-        runs = []
-        for index in range(REPEATS):
-            workers.wait_until_idle(bench.alias)
-            bench.settle()
-            run = _saga_run(workload, bench.orders, f"{bench.category}-r{index}", bench.log)
-            runs.append(run)
-            bench.log(
-                f"  {run.orders / run.seconds:.0f}/s ({run.orders} in {run.seconds:.1f}s), p50 {run.percentile(50):.0f}"
-                f" ms, p95 {run.percentile(95):.0f} ms, max {run.latencies[-1]:.0f} ms; outcomes {run.outcomes}"
-            )
-    return runs
+        burst = [_timed_saga_run(bench, workers, workload, f"r{index}") for index in range(REPEATS)]
+        paced = []
+        if bench.saga_rate > 0:
+            bench.log(f"  paced runs: {bench.saga_rate:g} orders/s offered")
+            paced = [
+                _timed_saga_run(bench, workers, workload, f"p{index}", rate=bench.saga_rate) for index in range(REPEATS)
+            ]
+    return burst, paced
 
 
-def _saga_run(workload: Any, count: int, tag: str, log: Callable[[str], None]) -> SagaRun:
-    """Place `count` orders from SAGA_PLACERS threads while this thread polls the read model for their outcomes."""
+def _timed_saga_run(
+    bench: Bench, workers: CeleryWorkerPool, workload: Any, name: str, *, rate: float | None = None
+) -> SagaRun:
+    workers.wait_until_idle(bench.alias)
+    bench.settle()
+    run = _saga_run(workload, bench.orders, f"{bench.category}-{name}", rate=rate)
+    bench.log(
+        f"  {run.orders / run.seconds:.0f}/s ({run.orders} in {run.seconds:.1f}s, placed in {run.placing:.1f}s), "
+        f"p50 {run.percentile(50):.0f} ms, p95 {run.percentile(95):.0f} ms, max {run.latencies[-1]:.0f} ms; "
+        f"outcomes {run.outcomes}"
+    )
+    return run
+
+
+def _saga_run(workload: Any, count: int, tag: str, *, rate: float | None = None) -> SagaRun:
+    """Place `count` orders from SAGA_PLACERS threads while this thread polls the read model for their outcomes.
+
+    With a `rate`, order i is placed no earlier than i / rate seconds after the start (an open-loop
+    arrival schedule: a slow saga does not slow the arrivals down), else as fast as the placers go.
+    """
     workload.prepare(count, tag)
     committed: dict[str, float] = {}  # order id -> when its dispatch returned (written by the placers)
     indexes = itertools.count()
@@ -981,6 +1019,8 @@ def _saga_run(workload: Any, count: int, tag: str, log: Callable[[str], None]) -
     def place() -> None:
         try:
             while not stop.is_set() and (index := next(indexes)) < count:
+                if rate and (wait := started + index / rate - time.monotonic()) > 0:
+                    time.sleep(wait)
                 order_id = workload.start(tag, index)
                 committed[order_id] = time.monotonic()
         except BaseException as error:  # reported by the polling thread
@@ -998,12 +1038,12 @@ def _saga_run(workload: Any, count: int, tag: str, log: Callable[[str], None]) -
         stop.set()
         for placer in placers:
             placer.join()
-    log(f"  placed {count} orders in {max(committed.values()) - started:.2f}s")
     latencies = sorted((at - committed[order_id]) * 1000 for order_id, (_, at) in final.items())
     outcomes: dict[str, int] = {}
     for status, _ in final.values():
         outcomes[status] = outcomes.get(status, 0) + 1
-    return SagaRun(count, max(at for _, at in final.values()) - started, latencies, outcomes)
+    placing = max(committed.values()) - started
+    return SagaRun(count, max(at for _, at in final.values()) - started, latencies, outcomes, placing)
 
 
 def _poll_outcomes(
@@ -1302,6 +1342,12 @@ class Command(BaseCommand):
         parser.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
         parser.add_argument("--orders", type=int, default=1000, help="orders per run of the saga figures (1000)")
         parser.add_argument(
+            "--saga-rate",
+            type=float,
+            default=SAGA_PACED_RATE,
+            help=f"orders/s offered in the paced saga runs ({SAGA_PACED_RATE:g}; 0 skips them)",
+        )
+        parser.add_argument(
             "--redis-url",
             help="Redis of the outbox figure (default: CELERY_BROKER_URL when it is Redis, else "
             f"{DEFAULT_REDIS_URL}); the figure is skipped when it is unreachable",
@@ -1320,6 +1366,7 @@ class Command(BaseCommand):
             log=(lambda message: None) if quiet else self.stderr.write,
             redis_url=options["redis_url"] or _default_redis_url(),
             orders=options["orders"],
+            saga_rate=options["saga_rate"],
         )
         for line in self._header(bench, names):
             self.stdout.write(line)
