@@ -8,7 +8,7 @@ import uuid
 from decimal import Decimal
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from prometheus_client import REGISTRY
 
 from eventsourcing_app.commands import CommandBus, CommandContext, Middleware, command_registry, dispatch
@@ -197,6 +197,25 @@ class TestRetry:
         with pytest.raises(ConcurrencyError):
             dispatch(AddStock(sku="SKU-R", quantity=1), expected_version=0)
         assert len(attempts) == 1
+
+    def test_a_command_without_a_savepoint_of_its_own_is_left_to_its_caller_to_retry(self, monkeypatch) -> None:
+        """Its lost race marks the caller's transaction for rollback: a retry could only fail on that."""
+        attempts = []
+
+        def conflict(self, aggregate):
+            attempts.append(1)
+            raise ConcurrencyError(aggregate.stream_id, 0, 1)
+
+        monkeypatch.setattr(CommandContext, "save", conflict)
+        with pytest.raises(ConcurrencyError), transaction.atomic():
+            dispatch(AddStock(sku="SKU-R", quantity=1), savepoint=False)
+        assert len(attempts) == 1
+
+        with transaction.atomic():
+            with pytest.raises(ConcurrencyError):
+                dispatch(AddStock(sku="SKU-R", quantity=1))  # its own savepoint: retried, and still usable
+            assert len(attempts) == 1 + 3
+            assert not connection.needs_rollback
 
 
 class TestTenant:

@@ -6,10 +6,12 @@ the saga and the projections in-process, as `runserver` does with no broker.
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from eventsourcing_app.models import SagaState, SagaStatus
 from eventsourcing_app.store import EventStore
@@ -122,6 +124,56 @@ def test_a_customer_cancelling_mid_saga_gets_the_stock_back(api_client, without_
     assert inventory(api_client, "SKU-MID") == (3, 0)
     assert event_types(f"Order-{order_id}") == ["OrderPlaced", "OrderCancelled"]  # cancelled once, not twice
     assert SagaState.objects.get(correlation_id=order_id).status in (SagaStatus.COMPENSATED, SagaStatus.FAILED)
+
+
+def test_a_batch_whose_commands_all_go_through_takes_no_savepoint_per_command(api_client, without_sagas) -> None:
+    from eventsourcing_app.projections import ProjectionRunner
+    from eventsourcing_app.sagas import saga_registry
+
+    command(api_client, "AddStock", {"sku": "SKU-FAST", "quantity": 5})
+    orders = [place(api_client, "SKU-FAST", 1) for _ in range(5)]
+
+    with CaptureQueriesContext(connection) as queries:
+        ProjectionRunner(saga_registry.manager("OrderFulfillment")).run()
+    savepoints = _command_savepoints(queries)  # now: each request (below) empties the connection's query log
+
+    wait_until_caught_up()
+    assert [order_status(api_client, order_id) for order_id in orders] == ["confirmed"] * 5
+    assert savepoints == 0  # 15 commands in three batches (reserve, authorise, confirm)
+
+
+def test_a_batch_with_a_refused_command_is_redone_and_every_order_decided_once(api_client, without_sagas) -> None:
+    """Two orders reserve the two units and the third is refused, in one batch: its fast pass (no
+    savepoint per command) is rolled back and the batch redone with one per command."""
+    from eventsourcing_app.projections import ProjectionRunner
+    from eventsourcing_app.sagas import saga_registry
+
+    command(api_client, "AddStock", {"sku": "SKU-TWO", "quantity": 2})
+    orders = [place(api_client, "SKU-TWO", 1) for _ in range(3)]
+
+    with CaptureQueriesContext(connection) as queries:
+        ProjectionRunner(saga_registry.manager("OrderFulfillment")).run()
+    savepoints = _command_savepoints(queries)
+
+    wait_until_caught_up()
+    assert [order_status(api_client, order_id) for order_id in orders] == ["confirmed", "confirmed", "cancelled"]
+    assert inventory(api_client, "SKU-TWO") == (0, 2)
+    assert event_types("Inventory-SKU-TWO") == ["StockAdded", "StockReserved", "StockReserved"]
+    for order_id in orders[:2]:
+        assert event_types(f"Order-{order_id}") == ["OrderPlaced", "OrderConfirmed"]
+        assert event_types(f"Payment-{order_id}") == ["PaymentAuthorised"]
+    assert event_types(f"Order-{orders[2]}") == ["OrderPlaced", "OrderCancelled"]
+    assert SagaState.objects.get(correlation_id=orders[2]).status == SagaStatus.COMPENSATED
+    assert savepoints == 4  # the redone batch's: 3 ReserveStock, 1 CancelOrder; none in the next two
+
+
+def _command_savepoints(queries: CaptureQueriesContext) -> int:
+    """Savepoints a command took of its own: the command bus's, just before it claims its idempotency key."""
+    statements = [query["sql"] for query in queries.captured_queries]
+    return sum(
+        first.startswith("SAVEPOINT") and second.startswith("INSERT INTO eventsourcing_idempotency_record")
+        for first, second in itertools.pairwise(statements)
+    )
 
 
 def test_cancelling_a_confirmed_order_releases_its_reservation(api_client) -> None:

@@ -153,6 +153,9 @@ class CommandContext:
     custom_metadata: dict[str, Any] = field(default_factory=dict)
     deadline: float | None = None
     store: EventStore = field(default_factory=EventStore)
+    # False: inside a caller's transaction the command takes no savepoint of its own, because the caller
+    # undoes more than the command if it raises (the saga manager's first pass over a batch).
+    savepoint: bool = True
     saved: list[AppendResult] = field(default_factory=list)
     touched: Aggregate | None = None
 

@@ -62,6 +62,10 @@ HISTORY_KEPT = 500
 TIMEOUT_RETRY_DELAY = timedelta(minutes=1)
 
 
+class RedoWithSavepoints(Exception):
+    """A command of a batch's fast pass raised: the pass is undone, and the batch redone with a savepoint each."""
+
+
 class SagaConflictError(EventSourcingError):
     """A saga instance changed under us although its row was locked (a bug, or rows written by hand)."""
 
@@ -99,7 +103,26 @@ class SagaManager:
 
     # ------------------------------------------------------------------ events
     def handle_batch(self, events: list[RecordedEvent]) -> None:
-        """Handle a batch in the runner's transaction: one query loads (and locks) every instance it touches."""
+        """Handle a batch in the runner's transaction: one query loads (and locks) every instance it touches.
+
+        A command dispatched inside a transaction takes a savepoint of its own (two round trips), so that
+        one refused command is undone alone. A batch first runs its commands without them, inside one
+        savepoint of the batch's: when every command goes through (the usual case), that is all. When
+        one raises (refused, a lost race, an outage), the whole pass is rolled back to that savepoint,
+        on-commit nudges included, and the batch is handled again with a savepoint per command,
+        which is what happens to that command then. Those commands are logged and counted twice.
+        """
+        using = self.store.using
+        if connections[using].in_atomic_block:
+            try:
+                with transaction.atomic(using=using):
+                    self._handle_batch(events, savepoints=False)
+                return
+            except RedoWithSavepoints:
+                pass
+        self._handle_batch(events, savepoints=True)
+
+    def _handle_batch(self, events: list[RecordedEvent], *, savepoints: bool) -> None:
         keyed = [(event, self.saga.correlation_id(event)) for event in events]
         states = self._lock_states({cid for _, cid in keyed if cid})
         known_ids = {cid: state.version for cid, state in states.items()}
@@ -114,7 +137,7 @@ class SagaManager:
                 state = states[cid] = self._new_state(cid, event)
             if state.status not in ACTIVE_STATUSES or str(event.event_id) in state.processed_event_ids:
                 continue
-            self._handle(state, event)
+            self._handle(state, event, savepoints=savepoints)
             changed[cid] = state
         self._save(changed, known_ids)
 
@@ -139,11 +162,11 @@ class SagaManager:
             updated_at=now,
         )
 
-    def _handle(self, state: SagaState, event: RecordedEvent) -> None:
+    def _handle(self, state: SagaState, event: RecordedEvent, *, savepoints: bool) -> None:
         instance = SagaInstance(state, event)
         _log(state, "event", event_type=event.event_type, event_id=str(event.event_id), position=event.position)
         steps = self.saga.handler_for(event.event_type)(self.saga, instance, event)
-        self.advance(instance, steps, cause=event)
+        self.advance(instance, steps, cause=event, savepoints=savepoints)
         state.processed_event_ids = [*state.processed_event_ids, str(event.event_id)][-PROCESSED_IDS_KEPT:]
 
     def _save(self, changed: dict[str, SagaState], known_versions: dict[str, int]) -> None:
@@ -164,11 +187,13 @@ class SagaManager:
         *,
         cause: RecordedEvent | None,
         label: str = "timeout",
+        savepoints: bool = True,
     ) -> None:
         """Dispatch a handler's steps in order, then complete, compensate or keep running.
 
         `cause` is the event handled (the commands' causation); without one, `label` says what
         moved the saga on (a timeout, an operator's retry) in the commands' causation id.
+        Without `savepoints`, a command that raises raises RedoWithSavepoints (see handle_batch).
         """
         state = instance.state
         for step in _as_steps(steps):
@@ -176,7 +201,9 @@ class SagaManager:
                 break
             state.current_step = step.name
             try:
-                result = self._dispatch(instance, step.command, key=step.name, cause=cause, label=label)
+                result = self._dispatch(
+                    instance, step.command, key=step.name, cause=cause, label=label, savepoints=savepoints
+                )
             except REFUSALS as exc:
                 _log(state, "refused", step=step.name, command_type=step.command.command_type, error=str(exc))
                 instance.fail(f"{step.name}: {exc}")
@@ -185,13 +212,15 @@ class SagaManager:
             if step.compensate is not None:
                 instance.compensate_with(step.name, step.compensate)
         if instance.failure is not None:
-            self._fail(instance, cause=cause, label=label)
+            self._fail(instance, cause=cause, label=label, savepoints=savepoints)
         elif instance.completed:
             self._finish(state, SagaStatus.COMPLETED)
         else:
             state.status = SagaStatus.RUNNING
 
-    def _fail(self, instance: SagaInstance, *, cause: RecordedEvent | None, label: str) -> None:
+    def _fail(
+        self, instance: SagaInstance, *, cause: RecordedEvent | None, label: str, savepoints: bool = True
+    ) -> None:
         state = instance.state
         state.last_error = instance.failure or ""
         _log(state, "failed", reason=state.last_error)
@@ -201,14 +230,20 @@ class SagaManager:
         state.status = SagaStatus.COMPENSATING
         while state.compensations:
             compensation = state.compensations[-1]
-            if not self._compensate(instance, compensation, cause=cause, label=label):
+            if not self._compensate(instance, compensation, cause=cause, label=label, savepoints=savepoints):
                 self._finish(state, SagaStatus.COMPENSATION_FAILED)
                 return
             state.compensations = state.compensations[:-1]
         self._finish(state, SagaStatus.COMPENSATED)
 
     def _compensate(
-        self, instance: SagaInstance, compensation: dict, *, cause: RecordedEvent | None, label: str
+        self,
+        instance: SagaInstance,
+        compensation: dict,
+        *,
+        cause: RecordedEvent | None,
+        label: str,
+        savepoints: bool,
     ) -> bool:
         """Run one compensation, retrying with backoff; False when every attempt failed.
 
@@ -223,8 +258,10 @@ class SagaManager:
                 if command is None:
                     _log(state, "compensated", step=step, command_type=None, events=[])
                     return True
-                result = self._dispatch(instance, command, key=f"compensate:{step}", cause=cause, label=label)
-            except (*TRANSIENT_ERRORS, ConcurrencyError):
+                result = self._dispatch(
+                    instance, command, key=f"compensate:{step}", cause=cause, label=label, savepoints=savepoints
+                )
+            except (*TRANSIENT_ERRORS, ConcurrencyError, RedoWithSavepoints):
                 raise
             except Exception as exc:
                 logger.warning(
@@ -253,7 +290,14 @@ class SagaManager:
         return command_class(**compensation["data"])
 
     def _dispatch(
-        self, instance: SagaInstance, command: Command, *, key: str, cause: RecordedEvent | None, label: str
+        self,
+        instance: SagaInstance,
+        command: Command,
+        *,
+        key: str,
+        cause: RecordedEvent | None,
+        label: str,
+        savepoints: bool,
     ) -> CommandResult:
         state = instance.state
         correlation_id = state.trace_id or state.correlation_id
@@ -264,8 +308,14 @@ class SagaManager:
             idempotency_key=idempotency_key(self.saga.name, state.correlation_id, key),
             custom_metadata={"saga": self.saga.name, "saga_id": state.correlation_id},
             store=self.store,
+            savepoint=savepoints,
         )
-        return dispatch(command, context)
+        if savepoints:
+            return dispatch(command, context)
+        try:
+            return dispatch(command, context)
+        except Exception as exc:
+            raise RedoWithSavepoints() from exc
 
     def _finish(self, state: SagaState, status: str) -> None:
         state.status = status

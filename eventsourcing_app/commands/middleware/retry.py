@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import time
 
+from django.db import connections
+
 from ...conf import es_settings
 from ...exceptions import ConcurrencyError
 from ..base import Command, CommandContext, CommandResult
@@ -16,7 +18,8 @@ class RetryMiddleware(Middleware):
 
     Bounded by COMMAND_RETRY["ATTEMPTS"], with exponential backoff and full
     jitter so racing writers spread out. A conditional command (If-Match) is
-    never retried: its client asked for one exact version.
+    never retried: its client asked for one exact version. Nor is a command whose transaction
+    must roll back (it ran without a savepoint inside its caller's): the caller retries, if anyone.
     """
 
     def __call__(self, command: Command, context: CommandContext, next_: Next) -> CommandResult:
@@ -28,7 +31,11 @@ class RetryMiddleware(Middleware):
             try:
                 return next_(command, context)
             except ConcurrencyError:
-                if context.expected_version is not None or attempt == attempts:
+                if (
+                    context.expected_version is not None
+                    or attempt == attempts
+                    or connections[context.store.using].needs_rollback
+                ):
                     raise
                 time.sleep(random.uniform(0, base_delay * 2 ** (attempt - 1)))  # full jitter
         raise AssertionError("unreachable")  # pragma: no cover

@@ -10,5 +10,5 @@ from . import Middleware, Next
 
 class TransactionMiddleware(Middleware):
     def __call__(self, command: Command, context: CommandContext, next_: Next) -> CommandResult:
-        with transaction.atomic(using=context.store.using):
+        with transaction.atomic(using=context.store.using, savepoint=context.savepoint):
             return next_(command, context)
