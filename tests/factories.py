@@ -1,4 +1,4 @@
-"""factory-boy factories: domain events, and stored events/streams written through the store."""
+"""factory-boy factories: domain events, stored events/streams written through the store, saga states."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import factory
 
-from eventsourcing_app.models import Event, Stream
+from eventsourcing_app.models import Event, SagaState, SagaStatus, Stream
 from eventsourcing_app.store import ANY, EventStore, NewEvent
 from project.shop.events import OrderLine, OrderPlaced, StockAdded
 
@@ -69,3 +69,15 @@ class StreamFactory(factory.django.DjangoModelFactory):
         sku = stream_id.partition("-")[2]
         EventStore().append(stream_id, [StockAdded(sku=sku, quantity=1) for _ in range(events)])
         return Stream.objects.get(stream_id=stream_id)
+
+
+class SagaStateFactory(factory.django.DjangoModelFactory):
+    """A running instance of a saga, as the saga manager leaves one after its first event."""
+
+    class Meta:
+        model = SagaState
+
+    saga_type = "OrderFulfillment"
+    correlation_id = factory.LazyFunction(lambda: str(uuid.uuid4()))
+    status = SagaStatus.RUNNING
+    version = 1

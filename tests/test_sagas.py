@@ -21,8 +21,10 @@ from eventsourcing_app.commands import dispatch
 from eventsourcing_app.models import Checkpoint, CheckpointStatus, IdempotencyRecord, SagaState, SagaStatus
 from eventsourcing_app.projections import ProjectionRunner
 from eventsourcing_app.sagas import Saga, SagaInstance, Step, on, saga_registry
+from eventsourcing_app.sagas.manager import SagaConflictError, save_over_many
 from eventsourcing_app.store import EventStore, NewEvent, RecordedEvent
 from project.shop.commands import AddStock, ConfirmOrder, PlaceOrder, ReserveStock
+from tests.factories import SagaStateFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -414,3 +416,21 @@ def test_a_timeout_never_fires_on_an_instance_a_batch_is_handling(registered, wi
     assert manager.fire_timeouts(now=later) == 0  # and once the batch is done, it has completed
     assert state_of(saga, order_id).status == SagaStatus.COMPLETED
     assert ran("watch-") == ["watch-first"]  # no compensation ran
+
+
+class TestSavingInstances:
+    def test_a_batch_of_instances_is_written_back_each_over_its_version(self) -> None:
+        states = SagaStateFactory.create_batch(3)
+        for state in states:
+            state.current_step = "next"
+
+        save_over_many([(state, 1) for state in states], using="default")
+
+        assert set(SagaState.objects.values_list("current_step", "version")) == {("next", 2)}
+
+    def test_an_instance_moved_past_the_version_read_is_a_conflict(self) -> None:
+        kept, moved = SagaStateFactory.create_batch(2)
+        SagaState.objects.filter(pk=moved.pk).update(version=5)
+
+        with pytest.raises(SagaConflictError, match=f"1 of these saga instances moved.*{moved.correlation_id}"):
+            save_over_many([(kept, 1), (moved, 1)], using="default")
