@@ -7,11 +7,15 @@ import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from eventsourcing_app.commands import dispatch
+from eventsourcing_app.commands.middleware.idempotency import IdempotencyKeyTakenError
 from eventsourcing_app.models import Event, IdempotencyRecord
 from eventsourcing_app.tasks import cleanup_idempotency_records
+from project.shop.commands import AddStock
 
 BODY = {"sku": "SKU-IDEM", "quantity": 3}
 
@@ -68,6 +72,31 @@ class TestReplay:
         IdempotencyRecord.objects.filter(key="old").update(expires_at=timezone.now() - timedelta(seconds=1))
         assert cleanup_idempotency_records() == 1
         assert list(IdempotencyRecord.objects.values_list("key", flat=True)) == ["new"]
+
+
+@pytest.mark.django_db
+class TestClaimingLast:
+    """A command without a savepoint of its own (inside its caller's transaction) claims its key last."""
+
+    def test_it_stores_its_result_in_one_statement(self) -> None:
+        with CaptureQueriesContext(connection) as queries, transaction.atomic():
+            result = dispatch(AddStock(sku="SKU-LAST", quantity=2), idempotency_key="last-1", savepoint=False)
+        statements = [query["sql"] for query in queries.captured_queries]
+        assert not [sql for sql in statements if sql.startswith("UPDATE eventsourcing_idempotency_record")]
+        record = IdempotencyRecord.objects.get(key="last-1")
+        assert record.response == result.to_dict()
+        again = dispatch(AddStock(sku="SKU-LAST", quantity=2), idempotency_key="last-1")
+        assert (again.replayed, again.events) == (True, result.events)
+
+    def test_a_taken_key_undoes_its_writes_and_a_dispatch_with_a_savepoint_replays(self) -> None:
+        first = dispatch(AddStock(sku="SKU-LAST", quantity=2), idempotency_key="last-2")
+
+        with pytest.raises(IdempotencyKeyTakenError), transaction.atomic():
+            dispatch(AddStock(sku="SKU-LAST", quantity=2), idempotency_key="last-2", savepoint=False)
+        again = dispatch(AddStock(sku="SKU-LAST", quantity=2), idempotency_key="last-2")
+
+        assert (again.replayed, again.events) == (True, first.events)
+        assert Event.objects.filter(stream_id="Inventory-SKU-LAST").count() == 1
 
 
 @pytest.mark.django_db(transaction=True)

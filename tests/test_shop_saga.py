@@ -167,6 +167,30 @@ def test_a_batch_with_a_refused_command_is_redone_and_every_order_decided_once(a
     assert savepoints == 4  # the redone batch's: 3 ReserveStock, 1 CancelOrder; none in the next two
 
 
+def test_a_saga_command_whose_key_is_taken_is_replayed_and_not_applied_twice(api_client, without_sagas) -> None:
+    """ReserveStock already ran under the saga's key. The batch's first pass reserves again and finds the
+    key taken only when it claims it, last: that pass is undone, and the redone batch replays the result."""
+    from eventsourcing_app.commands import dispatch
+    from eventsourcing_app.projections import ProjectionRunner
+    from eventsourcing_app.sagas import saga_registry
+    from eventsourcing_app.sagas.manager import idempotency_key
+    from project.shop.commands import ReserveStock
+
+    command(api_client, "AddStock", {"sku": "SKU-KEY", "quantity": 5})
+    order_id = place(api_client, "SKU-KEY", 1)
+    key = idempotency_key("OrderFulfillment", order_id, "reserve_stock")
+    dispatch(ReserveStock(order_id=order_id), idempotency_key=key)
+
+    with CaptureQueriesContext(connection) as queries:
+        ProjectionRunner(saga_registry.manager("OrderFulfillment")).run()
+    savepoints = _command_savepoints(queries)
+
+    wait_until_caught_up()
+    assert order_status(api_client, order_id) == "confirmed"
+    assert event_types("Inventory-SKU-KEY") == ["StockAdded", "StockReserved"]
+    assert savepoints == 2  # the redone batch: ReserveStock (replayed), AuthorisePayment (its StockReserved)
+
+
 def _command_savepoints(queries: CaptureQueriesContext) -> int:
     """Savepoints a command took of its own: the command bus's, just before it claims its idempotency key."""
     statements = [query["sql"] for query in queries.captured_queries]

@@ -7,6 +7,14 @@ concurrent duplicate therefore waits, on the record's unique index
 (PostgreSQL) or on the write lock (SQLite), until the first commits, and then
 finds the stored result and replays it. If the first is still running when the
 command's time limit ends the wait, the duplicate gets IdempotencyInProgressError.
+
+A command run without a savepoint of its own inside its caller's transaction
+(`CommandContext.savepoint = False`: the saga manager's first pass over a batch)
+cannot undo its claim alone if it fails, so nothing is lost by claiming last:
+one INSERT with the result, after the handler, instead of an INSERT and an
+UPDATE. If the key turns out taken, its writes must not stand: it raises
+IdempotencyKeyTakenError, the caller rolls back, and dispatching it again with a
+savepoint claims first and replays the stored result.
 """
 
 from __future__ import annotations
@@ -27,6 +35,10 @@ from . import Middleware, Next
 
 # PostgreSQL: query_canceled (statement_timeout) and lock_not_available (lock_timeout).
 WAIT_ENDED = frozenset({"57014", "55P03"})
+
+
+class IdempotencyKeyTakenError(IdempotencyInProgressError):
+    """A command that claimed its key last found it taken: roll back its writes and dispatch it again."""
 
 
 def _sqlstate(error: DatabaseError) -> str | None:
@@ -52,6 +64,11 @@ class IdempotencyMiddleware(Middleware):
             return next_(command, context)
         fingerprint = request_hash(command)
         scope, using = scope_of(context), context.store.using
+        if not context.savepoint and connections[using].in_atomic_block:
+            result = next_(command, context)
+            if self._claim(scope, context.idempotency_key, command, fingerprint, using, result=result) is None:
+                raise IdempotencyKeyTakenError()
+            return result
         record_id = self._claim(scope, context.idempotency_key, command, fingerprint, using)
         if record_id is None:
             records = IdempotencyRecord.objects.using(using).filter(scope=scope, key=context.idempotency_key)
@@ -66,8 +83,17 @@ class IdempotencyMiddleware(Middleware):
         self._store_response(record_id, result, using)
         return result
 
-    def _claim(self, scope: str, key: str, command: Command, fingerprint: str, using: str) -> int | None:
-        """Insert the key's record; its id, or None when the key is taken (by a committed command).
+    def _claim(
+        self,
+        scope: str,
+        key: str,
+        command: Command,
+        fingerprint: str,
+        using: str,
+        *,
+        result: CommandResult | None = None,
+    ) -> int | None:
+        """Insert the key's record (with the result, when claiming last); its id, or None when the key is taken.
 
         One statement: on PostgreSQL a concurrent duplicate's INSERT waits for the first
         command's transaction (SQLite's write lock makes it wait before), then finds the
@@ -77,13 +103,24 @@ class IdempotencyMiddleware(Middleware):
         now = timezone.now()
         expires = now + timedelta(seconds=es_settings.IDEMPOTENCY_TTL)
         adapt = connection.ops.adapt_datetimefield_value
+        response = IdempotencyRecord._meta.get_field("response")
+        columns = "scope, key, command_type, request_hash, created_at, expires_at, " + connection.ops.quote_name(
+            response.column
+        )
         try:
             with statement_cursor(connection) as cursor:
                 cursor.execute(
-                    f"INSERT INTO {IdempotencyRecord._meta.db_table}"
-                    " (scope, key, command_type, request_hash, created_at, expires_at)"
-                    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (scope, key) DO NOTHING RETURNING id",
-                    [scope, key, command.command_type, fingerprint, adapt(now), adapt(expires)],
+                    f"INSERT INTO {IdempotencyRecord._meta.db_table} ({columns})"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (scope, key) DO NOTHING RETURNING id",
+                    [
+                        scope,
+                        key,
+                        command.command_type,
+                        fingerprint,
+                        adapt(now),
+                        adapt(expires),
+                        None if result is None else response.get_db_prep_save(result.to_dict(), connection),
+                    ],
                 )
                 row = cursor.fetchone()
         except DatabaseError as exc:
