@@ -8,8 +8,15 @@ from decimal import Decimal
 import pytest
 
 from eventsourcing_app.exceptions import CommandRejectedError
-from project.shop.aggregates import Inventory, Order
-from project.shop.events import OrderCancelled, OrderLine, StockReleased, StockReserved
+from project.shop.aggregates import Inventory, Order, Payment
+from project.shop.events import (
+    OrderCancelled,
+    OrderLine,
+    PaymentAuthorised,
+    PaymentVoided,
+    StockReleased,
+    StockReserved,
+)
 
 
 def placed_order() -> Order:
@@ -69,3 +76,20 @@ def test_reservations_never_exceed_stock_and_are_idempotent_per_order() -> None:
 def test_stock_added_must_be_positive() -> None:
     with pytest.raises(CommandRejectedError):
         Inventory("SKU-1").add_stock(0)
+
+
+def test_a_payment_is_decided_once_and_only_an_authorised_one_is_voided() -> None:
+    authorised, declined, undecided = Payment("order-1"), Payment("order-2"), Payment("order-3")
+    authorised.authorise(Decimal("50"), limit=Decimal("100"))
+    authorised.authorise(Decimal("50"), limit=Decimal("10"))  # decided already: stays authorised
+    declined.authorise(Decimal("500"), limit=Decimal("100"))
+
+    for payment in (authorised, declined, undecided):
+        payment.void()
+        payment.void()
+
+    assert [type(e) for e in authorised.pending_events] == [PaymentAuthorised, PaymentVoided]
+    assert authorised.pending_events[-1].amount == Decimal("50")
+    assert (authorised.status, declined.status, undecided.status) == ("voided", "declined", "new")
+    assert len(declined.pending_events) == 1
+    assert not undecided.pending_events

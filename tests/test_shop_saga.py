@@ -191,6 +191,36 @@ def test_a_saga_command_whose_key_is_taken_is_replayed_and_not_applied_twice(api
     assert savepoints == 2  # the redone batch: ReserveStock (replayed), AuthorisePayment (its StockReserved)
 
 
+def test_a_payment_authorised_before_the_timeout_fired_is_voided_by_the_compensation(api_client, without_sagas) -> None:
+    """The saga asked for the payment and set its deadline, then stalled past it: the timeout releases the
+    stock and cancels the order, and must also void the payment authorised meanwhile."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from eventsourcing_app.projections import ProjectionRunner
+    from eventsourcing_app.sagas import saga_registry
+
+    command(api_client, "AddStock", {"sku": "SKU-LATE", "quantity": 3})
+    order_id = place(api_client, "SKU-LATE", 1)
+    runner = ProjectionRunner(saga_registry.manager("OrderFulfillment"), batch_size=1)
+    runner.run_batch()  # OrderPlaced: stock reserved
+    runner.run_batch()  # StockReserved: payment authorised, deadline set; PaymentAuthorised waits in the log
+    runner.release()
+
+    assert saga_registry.manager("OrderFulfillment").fire_timeouts(now=timezone.now() + timedelta(days=1)) == 1
+    ProjectionRunner(saga_registry.manager("OrderFulfillment")).run()  # PaymentAuthorised: too late, ignored
+
+    wait_until_caught_up()
+    assert event_types(f"Payment-{order_id}") == ["PaymentAuthorised", "PaymentVoided"]
+    assert event_types("Inventory-SKU-LATE") == ["StockAdded", "StockReserved", "StockReleased"]
+    assert order_status(api_client, order_id) == "cancelled"
+    saga = SagaState.objects.get(correlation_id=order_id)
+    assert saga.status == SagaStatus.COMPENSATED
+    compensated = [entry["command_type"] for entry in saga.history if entry["kind"] == "compensated"]
+    assert compensated == ["VoidPayment", "ReleaseStock", "CancelOrder"]
+
+
 def _command_savepoints(queries: CaptureQueriesContext) -> int:
     """Savepoints a command took of its own: the command bus's, just before it claims its idempotency key."""
     statements = [query["sql"] for query in queries.captured_queries]

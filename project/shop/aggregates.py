@@ -15,6 +15,7 @@ from .events import (
     OrderShipped,
     PaymentAuthorised,
     PaymentDeclined,
+    PaymentVoided,
     StockAdded,
     StockReleased,
     StockReserved,
@@ -146,7 +147,8 @@ class Inventory(Aggregate):
 
 
 class Payment(Aggregate):
-    """The payment of one order (the aggregate id is the order id): authorised or declined, once."""
+    """The payment of one order (the aggregate id is the order id): authorised or declined, once;
+    an authorised one may be voided."""
 
     status: str = "new"
     amount: Decimal = Decimal("0")
@@ -162,6 +164,11 @@ class Payment(Aggregate):
         else:
             self.raise_event(PaymentAuthorised(order_id=self.id, amount=amount))
 
+    def void(self) -> None:
+        """Release an authorised payment; a declined, voided or never decided one holds nothing to release."""
+        if self.status == "authorised":
+            self.raise_event(PaymentVoided(order_id=self.id, amount=self.amount))
+
     @applies(PaymentAuthorised)
     def _authorised(self, event: PaymentAuthorised) -> None:
         self.status, self.amount = "authorised", event.amount
@@ -169,3 +176,7 @@ class Payment(Aggregate):
     @applies(PaymentDeclined)
     def _declined(self, event: PaymentDeclined) -> None:
         self.status, self.amount = "declined", event.amount
+
+    @applies(PaymentVoided)
+    def _voided(self, event: PaymentVoided) -> None:
+        self.status = "voided"

@@ -82,6 +82,10 @@ class AuthorisePayment(OrderCommand):
     """Authorise an order's total; totals over SHOP_PAYMENT_LIMIT are declined."""
 
 
+class VoidPayment(OrderCommand):
+    """Release an order's authorised payment (nothing to do if it was declined or never decided)."""
+
+
 @handles(AddStock)
 def add_stock(command: AddStock, context: CommandContext) -> None:
     inventory = context.load_or_new(Inventory, command.sku)
@@ -159,6 +163,13 @@ def authorise_payment(command: AuthorisePayment, context: CommandContext) -> Non
     payment = context.repository(Payment).load_or_new(order.id)
     payment.authorise(order.total, Decimal(settings.SHOP_PAYMENT_LIMIT))
     context.save(payment)
+
+
+@handles(VoidPayment)
+def void_payment(command: VoidPayment, context: CommandContext) -> None:
+    payment = context.repository(Payment).load_or_new(command.order_id)
+    payment.void()
+    context.save(payment)  # saves nothing when there was nothing to release
 
 
 def _quantities(order: Order) -> dict[str, int]:

@@ -73,6 +73,14 @@ class PaymentAuthorised(DomainEvent):
 
 
 @dataclass(frozen=True)
+class PaymentVoided(DomainEvent):
+    """An authorised payment released: the order it was for did not go through."""
+
+    order_id: str
+    amount: Decimal
+
+
+@dataclass(frozen=True)
 class PaymentDeclined(DomainEvent):
     order_id: str
     amount: Decimal

@@ -2,7 +2,8 @@
 
 OrderPlaced → ReserveStock → (StockReserved) → AuthorisePayment → (PaymentAuthorised) → ConfirmOrder.
 Stock short: ReserveStock is refused, nothing was reserved, the order is cancelled.
-Payment declined (or not decided before SHOP_PAYMENT_TIMEOUT): the stock is released and the order cancelled.
+Payment declined (or not decided before SHOP_PAYMENT_TIMEOUT): the stock is released and the order cancelled
+(and a payment authorised after all, by then, is voided).
 An order cancelled by its customer mid-way: whatever was reserved is released.
 """
 
@@ -13,7 +14,7 @@ from django.conf import settings
 from eventsourcing_app.sagas import Saga, SagaInstance, Step, on, register
 from eventsourcing_app.store import RecordedEvent
 
-from .commands import AuthorisePayment, CancelOrder, ConfirmOrder, ReleaseStock, ReserveStock
+from .commands import AuthorisePayment, CancelOrder, ConfirmOrder, ReleaseStock, ReserveStock, VoidPayment
 
 RESERVE, PAY, CONFIRM = "reserve_stock", "authorise_payment", "confirm_order"
 
@@ -38,7 +39,8 @@ class OrderFulfillment(Saga):
         if saga.current_step != RESERVE:
             return []
         saga.set_deadline(settings.SHOP_PAYMENT_TIMEOUT)
-        return [Step(PAY, AuthorisePayment(order_id=event.data.order_id))]
+        order_id = event.data.order_id
+        return [Step(PAY, AuthorisePayment(order_id=order_id), compensate=VoidPayment(order_id=order_id))]
 
     @on("PaymentAuthorised")
     def payment_authorised(self, saga: SagaInstance, event: RecordedEvent) -> list[Step]:
@@ -49,6 +51,7 @@ class OrderFulfillment(Saga):
     @on("PaymentDeclined")
     def payment_declined(self, saga: SagaInstance, event: RecordedEvent) -> None:
         saga.data["cancel_reason"] = f"payment declined: {event.data.reason}"
+        saga.drop_compensation(PAY)  # nothing was authorised, so there is nothing to void
         saga.fail(saga.data["cancel_reason"])
 
     @on("OrderCancelled")
