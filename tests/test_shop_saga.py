@@ -167,6 +167,36 @@ def test_a_batch_with_a_refused_command_is_redone_and_every_order_decided_once(a
     assert savepoints == 4  # the redone batch's: 3 ReserveStock, 1 CancelOrder; none in the next two
 
 
+def test_a_race_lost_in_a_batch_s_first_pass_is_retried_in_the_redone_batch(
+    api_client, without_sagas, monkeypatch
+) -> None:
+    """A command of the first pass loses a race: with no savepoint of its own it is not retried there
+    (its transaction must roll back); the batch is redone, and the command retried, with savepoints."""
+    from eventsourcing_app.commands import CommandContext
+    from eventsourcing_app.exceptions import ConcurrencyError
+    from eventsourcing_app.projections import ProjectionRunner
+    from eventsourcing_app.sagas import saga_registry
+    from project.shop.aggregates import Inventory
+
+    command(api_client, "AddStock", {"sku": "SKU-RACED", "quantity": 3})
+    orders = [place(api_client, "SKU-RACED", 1) for _ in range(3)]
+    real_save, lost = CommandContext.save, []
+
+    def lose_the_first_race(self, aggregate):
+        if isinstance(aggregate, Inventory) and not lost:
+            lost.append(self.savepoint)
+            raise ConcurrencyError(aggregate.stream_id, aggregate.loaded_version, aggregate.loaded_version + 1)
+        return real_save(self, aggregate)
+
+    monkeypatch.setattr(CommandContext, "save", lose_the_first_race)
+    ProjectionRunner(saga_registry.manager("OrderFulfillment")).run()
+
+    wait_until_caught_up()
+    assert lost == [False]  # lost in the first pass, which has no savepoints
+    assert [order_status(api_client, order_id) for order_id in orders] == ["confirmed"] * 3
+    assert event_types("Inventory-SKU-RACED") == ["StockAdded"] + ["StockReserved"] * 3
+
+
 def test_a_saga_command_whose_key_is_taken_is_replayed_and_not_applied_twice(api_client, without_sagas) -> None:
     """ReserveStock already ran under the saga's key. The batch's first pass reserves again and finds the
     key taken only when it claims it, last: that pass is undone, and the redone batch replays the result."""
