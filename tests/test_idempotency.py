@@ -100,6 +100,15 @@ class TestClaimingLast:
 
 
 @pytest.mark.django_db(transaction=True)
+def test_without_a_callers_transaction_a_command_claims_its_key_first_and_replays() -> None:
+    """savepoint=False means nothing outside a transaction: the command's transaction is its own."""
+    first = dispatch(AddStock(sku="SKU-OWN", quantity=2), idempotency_key="own-1", savepoint=False)
+    again = dispatch(AddStock(sku="SKU-OWN", quantity=2), idempotency_key="own-1", savepoint=False)
+    assert (again.replayed, again.events) == (True, first.events)
+    assert Event.objects.filter(stream_id="Inventory-SKU-OWN").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
 def test_ten_concurrent_identical_requests_append_once(client_for, django_user_model) -> None:
     user = django_user_model.objects.create_superuser("racer", "r@example.com", "test-password-123")
     barrier = threading.Barrier(10)

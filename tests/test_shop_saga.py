@@ -260,7 +260,7 @@ def _command_savepoints(queries: CaptureQueriesContext) -> int:
     )
 
 
-def test_cancelling_a_confirmed_order_releases_its_reservation(api_client) -> None:
+def test_cancelling_a_confirmed_order_releases_its_reservation_and_voids_its_payment(api_client) -> None:
     command(api_client, "AddStock", {"sku": "SKU-BACK", "quantity": 4})
     order_id = place(api_client, "SKU-BACK", 3)
     wait_until_caught_up()
@@ -269,6 +269,7 @@ def test_cancelling_a_confirmed_order_releases_its_reservation(api_client) -> No
     wait_until_caught_up()
     assert order_status(api_client, order_id) == "cancelled"
     assert inventory(api_client, "SKU-BACK") == (4, 0)
+    assert event_types(f"Payment-{order_id}") == ["PaymentAuthorised", "PaymentVoided"]
 
 
 def test_racing_orders_never_oversell(api_client, client_for, superuser) -> None:

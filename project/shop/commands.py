@@ -108,11 +108,14 @@ def place_order(command: PlaceOrder, context: CommandContext) -> None:
 
 @handles(CancelOrder)
 def cancel_order(command: CancelOrder, context: CommandContext) -> None:
-    """Cancel the order and release whatever stock it holds, in one transaction."""
+    """Cancel the order, release whatever stock it holds and void its authorised payment, in one transaction."""
     order = context.load(Order, command.order_id)
     order.cancel(command.reason)
     context.save(order)
     _release(order, context)
+    payment = context.repository(Payment).load_or_new(order.id)
+    payment.void()
+    context.save(payment)  # saves nothing when no payment was authorised
     context.touched = order
 
 

@@ -2,9 +2,10 @@
 
 The default chain (EVENTSOURCING["COMMAND_MIDDLEWARE"]), outermost first:
 recovery → logging → metrics → correlation → tenant → validation → retry →
-idempotency → transaction → timeout → handler. Retries wrap the transaction so
-each attempt starts afresh; idempotency sits inside the retries and around the
-transaction so a stored result is found before any work is done.
+transaction → timeout → idempotency → handler. Retries wrap the transaction so
+each attempt starts afresh; idempotency runs inside the transaction, so its
+record commits (or rolls back) with the command's events, and a stored result
+is found before the handler runs.
 """
 
 from __future__ import annotations
