@@ -109,8 +109,8 @@ class SagaManager:
         one refused command is undone alone. A batch first runs its commands without them, inside one
         savepoint of the batch's: when every command goes through (the usual case), that is all. When
         one raises (refused, a lost race, an outage), the whole pass is rolled back to that savepoint,
-        on-commit nudges included, and the batch is handled again with a savepoint per command,
-        which is what happens to that command then. Those commands are logged and counted twice.
+        on-commit nudges included, and the batch is handled again with a savepoint per command, so
+        that the failing command is undone alone. Those commands are logged and counted twice.
         """
         using = self.store.using
         if connections[using].in_atomic_block:
