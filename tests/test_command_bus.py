@@ -155,6 +155,18 @@ class TestMiddlewareChain:
         assert REGISTRY.get_sample_value("eventsourcing_command_duration_seconds_count", {"command_type": "AddStock"})
 
 
+def every_save_conflicts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make every aggregate save lose its race; the list it returns grows by one per attempt."""
+    attempts: list[int] = []
+
+    def conflict(self, aggregate):
+        attempts.append(1)
+        raise ConcurrencyError(aggregate.stream_id, aggregate.loaded_version, aggregate.loaded_version + 1)
+
+    monkeypatch.setattr(CommandContext, "save", conflict)
+    return attempts
+
+
 class TestRetry:
     def test_a_lost_race_is_retried_from_a_fresh_load(self, monkeypatch) -> None:
         dispatch(AddStock(sku="SKU-R", quantity=1))
@@ -175,38 +187,20 @@ class TestRetry:
 
     def test_retries_are_bounded(self, monkeypatch, settings) -> None:
         settings.EVENTSOURCING = {**settings.EVENTSOURCING, "COMMAND_RETRY": {"ATTEMPTS": 2, "BASE_DELAY": 0}}
-        attempts = []
-
-        def always_conflict(self, aggregate):
-            attempts.append(1)
-            raise ConcurrencyError(aggregate.stream_id, 1, 2)
-
-        monkeypatch.setattr(CommandContext, "save", always_conflict)
+        attempts = every_save_conflicts(monkeypatch)
         with pytest.raises(ConcurrencyError):
             dispatch(AddStock(sku="SKU-R", quantity=1))
         assert len(attempts) == 2
 
     def test_conditional_commands_are_not_retried(self, monkeypatch) -> None:
-        attempts = []
-
-        def conflict(self, aggregate):
-            attempts.append(1)
-            raise ConcurrencyError(aggregate.stream_id, 0, 1)
-
-        monkeypatch.setattr(CommandContext, "save", conflict)
+        attempts = every_save_conflicts(monkeypatch)
         with pytest.raises(ConcurrencyError):
             dispatch(AddStock(sku="SKU-R", quantity=1), expected_version=0)
         assert len(attempts) == 1
 
     def test_a_command_without_a_savepoint_of_its_own_is_left_to_its_caller_to_retry(self, monkeypatch) -> None:
         """Its lost race marks the caller's transaction for rollback: a retry could only fail on that."""
-        attempts = []
-
-        def conflict(self, aggregate):
-            attempts.append(1)
-            raise ConcurrencyError(aggregate.stream_id, 0, 1)
-
-        monkeypatch.setattr(CommandContext, "save", conflict)
+        attempts = every_save_conflicts(monkeypatch)
         with pytest.raises(ConcurrencyError), transaction.atomic():
             dispatch(AddStock(sku="SKU-R", quantity=1), savepoint=False)
         assert len(attempts) == 1

@@ -377,19 +377,12 @@ def in_another_thread(work: Callable[[], Any]) -> Any:
     return outcome[0]
 
 
-class Watching(Saga):
-    """A step with a deadline for OrderPlaced; while it handles OrderConfirmed, it lets `meanwhile` run elsewhere."""
+class Watching(Deadline):
+    """Deadline, which while it handles OrderConfirmed lets `meanwhile` run in another thread."""
 
     name = "tests.Watching"
-    starts_with = ("OrderPlaced",)
-    correlation_field = "order_id"
     meanwhile: Callable[[], Any] = staticmethod(lambda: None)
     seen: Any = None
-
-    @on("OrderPlaced")
-    def placed(self, saga: SagaInstance, event: RecordedEvent) -> list[Step]:
-        saga.set_deadline(timedelta(minutes=5))
-        return [Step("first", note("watch-first"), compensate=note("watch-undo"))]
 
     @on("OrderConfirmed")
     def confirmed(self, saga: SagaInstance, event: RecordedEvent) -> None:
@@ -415,7 +408,7 @@ def test_a_timeout_never_fires_on_an_instance_a_batch_is_handling(registered, wi
     assert saga.seen == 0  # the instance was skipped, not fired
     assert manager.fire_timeouts(now=later) == 0  # and once the batch is done, it has completed
     assert state_of(saga, order_id).status == SagaStatus.COMPLETED
-    assert ran("watch-") == ["watch-first"]  # no compensation ran
+    assert ran("deadline-") == ["deadline-hold"]  # no compensation ran
 
 
 class TestSavingInstances:
