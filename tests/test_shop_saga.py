@@ -8,14 +8,23 @@ from __future__ import annotations
 
 import itertools
 import threading
+from datetime import timedelta
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
+from eventsourcing_app.commands import CommandContext, dispatch
+from eventsourcing_app.exceptions import ConcurrencyError
 from eventsourcing_app.models import SagaState, SagaStatus
+from eventsourcing_app.projections import ProjectionRunner
+from eventsourcing_app.sagas import saga_registry
+from eventsourcing_app.sagas.manager import idempotency_key
 from eventsourcing_app.store import EventStore
 from eventsourcing_app.testing import wait_until_caught_up
+from project.shop.aggregates import Inventory
+from project.shop.commands import ReserveStock
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -40,6 +49,11 @@ def order_status(client, order_id: str) -> str:
 def inventory(client, sku: str) -> tuple[int, int]:
     body = client.get(f"/api/inventory/{sku}/").json()
     return body["available"], body["reserved"]
+
+
+def run_saga() -> None:
+    """The shop's saga, in this thread, up to the head (for tests whose appends nudge no saga)."""
+    ProjectionRunner(saga_registry.manager("OrderFulfillment")).run()
 
 
 def event_types(stream_id: str) -> list[str]:
@@ -112,13 +126,10 @@ def test_saga_commands_carry_the_orders_correlation_id_and_their_cause(api_clien
 
 def test_a_customer_cancelling_mid_saga_gets_the_stock_back(api_client, without_sagas) -> None:
     """The order is cancelled before the saga hears of it: ReserveStock is refused, nothing stays reserved."""
-    from eventsourcing_app.projections import ProjectionRunner
-    from eventsourcing_app.sagas import saga_registry
-
     command(api_client, "AddStock", {"sku": "SKU-MID", "quantity": 3})
     order_id = place(api_client, "SKU-MID", 2)
     command(api_client, "CancelOrder", {"order_id": order_id, "reason": "changed my mind"})
-    ProjectionRunner(saga_registry.manager("OrderFulfillment")).run()
+    run_saga()
     wait_until_caught_up()
     assert order_status(api_client, order_id) == "cancelled"
     assert inventory(api_client, "SKU-MID") == (3, 0)
@@ -127,14 +138,11 @@ def test_a_customer_cancelling_mid_saga_gets_the_stock_back(api_client, without_
 
 
 def test_a_batch_whose_commands_all_go_through_takes_no_savepoint_per_command(api_client, without_sagas) -> None:
-    from eventsourcing_app.projections import ProjectionRunner
-    from eventsourcing_app.sagas import saga_registry
-
     command(api_client, "AddStock", {"sku": "SKU-FAST", "quantity": 5})
     orders = [place(api_client, "SKU-FAST", 1) for _ in range(5)]
 
     with CaptureQueriesContext(connection) as queries:
-        ProjectionRunner(saga_registry.manager("OrderFulfillment")).run()
+        run_saga()
     savepoints = _command_savepoints(queries)  # now: each request (below) empties the connection's query log
 
     wait_until_caught_up()
@@ -145,14 +153,11 @@ def test_a_batch_whose_commands_all_go_through_takes_no_savepoint_per_command(ap
 def test_a_batch_with_a_refused_command_is_redone_and_every_order_decided_once(api_client, without_sagas) -> None:
     """Two orders reserve the two units and the third is refused, in one batch: its fast pass (no
     savepoint per command) is rolled back and the batch redone with one per command."""
-    from eventsourcing_app.projections import ProjectionRunner
-    from eventsourcing_app.sagas import saga_registry
-
     command(api_client, "AddStock", {"sku": "SKU-TWO", "quantity": 2})
     orders = [place(api_client, "SKU-TWO", 1) for _ in range(3)]
 
     with CaptureQueriesContext(connection) as queries:
-        ProjectionRunner(saga_registry.manager("OrderFulfillment")).run()
+        run_saga()
     savepoints = _command_savepoints(queries)
 
     wait_until_caught_up()
@@ -172,12 +177,6 @@ def test_a_race_lost_in_a_batch_s_first_pass_is_retried_in_the_redone_batch(
 ) -> None:
     """A command of the first pass loses a race: with no savepoint of its own it is not retried there
     (its transaction must roll back); the batch is redone, and the command retried, with savepoints."""
-    from eventsourcing_app.commands import CommandContext
-    from eventsourcing_app.exceptions import ConcurrencyError
-    from eventsourcing_app.projections import ProjectionRunner
-    from eventsourcing_app.sagas import saga_registry
-    from project.shop.aggregates import Inventory
-
     command(api_client, "AddStock", {"sku": "SKU-RACED", "quantity": 3})
     orders = [place(api_client, "SKU-RACED", 1) for _ in range(3)]
     real_save, lost = CommandContext.save, []
@@ -189,7 +188,7 @@ def test_a_race_lost_in_a_batch_s_first_pass_is_retried_in_the_redone_batch(
         return real_save(self, aggregate)
 
     monkeypatch.setattr(CommandContext, "save", lose_the_first_race)
-    ProjectionRunner(saga_registry.manager("OrderFulfillment")).run()
+    run_saga()
 
     wait_until_caught_up()
     assert lost == [False]  # lost in the first pass, which has no savepoints
@@ -200,19 +199,13 @@ def test_a_race_lost_in_a_batch_s_first_pass_is_retried_in_the_redone_batch(
 def test_a_saga_command_whose_key_is_taken_is_replayed_and_not_applied_twice(api_client, without_sagas) -> None:
     """ReserveStock already ran under the saga's key. The batch's first pass reserves again and finds the
     key taken only when it claims it, last: that pass is undone, and the redone batch replays the result."""
-    from eventsourcing_app.commands import dispatch
-    from eventsourcing_app.projections import ProjectionRunner
-    from eventsourcing_app.sagas import saga_registry
-    from eventsourcing_app.sagas.manager import idempotency_key
-    from project.shop.commands import ReserveStock
-
     command(api_client, "AddStock", {"sku": "SKU-KEY", "quantity": 5})
     order_id = place(api_client, "SKU-KEY", 1)
     key = idempotency_key("OrderFulfillment", order_id, "reserve_stock")
     dispatch(ReserveStock(order_id=order_id), idempotency_key=key)
 
     with CaptureQueriesContext(connection) as queries:
-        ProjectionRunner(saga_registry.manager("OrderFulfillment")).run()
+        run_saga()
     savepoints = _command_savepoints(queries)
 
     wait_until_caught_up()
@@ -224,13 +217,6 @@ def test_a_saga_command_whose_key_is_taken_is_replayed_and_not_applied_twice(api
 def test_a_payment_authorised_before_the_timeout_fired_is_voided_by_the_compensation(api_client, without_sagas) -> None:
     """The saga asked for the payment and set its deadline, then stalled past it: the timeout releases the
     stock and cancels the order, and must also void the payment authorised meanwhile."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from eventsourcing_app.projections import ProjectionRunner
-    from eventsourcing_app.sagas import saga_registry
-
     command(api_client, "AddStock", {"sku": "SKU-LATE", "quantity": 3})
     order_id = place(api_client, "SKU-LATE", 1)
     runner = ProjectionRunner(saga_registry.manager("OrderFulfillment"), batch_size=1)
@@ -239,7 +225,7 @@ def test_a_payment_authorised_before_the_timeout_fired_is_voided_by_the_compensa
     runner.release()
 
     assert saga_registry.manager("OrderFulfillment").fire_timeouts(now=timezone.now() + timedelta(days=1)) == 1
-    ProjectionRunner(saga_registry.manager("OrderFulfillment")).run()  # PaymentAuthorised: too late, ignored
+    run_saga()  # PaymentAuthorised: too late, ignored
 
     wait_until_caught_up()
     assert event_types(f"Payment-{order_id}") == ["PaymentAuthorised", "PaymentVoided"]
