@@ -164,6 +164,9 @@ def _default_cache_url(broker_url: str) -> str:
 
 
 CACHES = {"default": env.cache_url("CACHE_URL", default=_default_cache_url(env.str("CELERY_BROKER_URL", default="")))}
+if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+    # The same backend, with one Redis client per pool instead of one per call (see project/cache.py).
+    CACHES["default"]["BACKEND"] = "project.cache.RedisCache"
 CELERY_BEAT_SCHEDULE = {
     # The safety net under the on-commit nudges: a lost nudge or a dead worker's projection waits at most this.
     "poll-projections": {"task": "eventsourcing_app.poll_projections", "schedule": 10.0},
