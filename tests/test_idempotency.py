@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from eventsourcing_app.commands import dispatch
-from eventsourcing_app.commands.middleware.idempotency import IdempotencyKeyTakenError
+from eventsourcing_app.commands.middleware.idempotency import DeferredClaims, IdempotencyKeyTakenError
 from eventsourcing_app.models import Event, IdempotencyRecord
 from eventsourcing_app.tasks import cleanup_idempotency_records
 from project.shop.commands import AddStock
@@ -97,6 +97,52 @@ class TestClaimingLast:
 
         assert (again.replayed, again.events) == (True, first.events)
         assert Event.objects.filter(stream_id="Inventory-SKU-LAST").count() == 1
+
+
+@pytest.mark.django_db
+class TestDeferredClaims:
+    """Commands without savepoints leave their keys to their caller, who claims them all in one statement."""
+
+    @staticmethod
+    def run_batch(claims: DeferredClaims, keys: list[str]) -> list:
+        return [
+            dispatch(
+                AddStock(sku="SKU-DEFER", quantity=1), idempotency_key=key, savepoint=False, deferred_claims=claims
+            )
+            for key in keys
+        ]
+
+    def claimed_batch(self, keys: list[str]) -> list:
+        claims = DeferredClaims("default")
+        results = self.run_batch(claims, keys)
+        claims.claim_all()
+        return results
+
+    def test_the_keys_are_claimed_together_with_their_results(self) -> None:
+        with transaction.atomic():
+            claims = DeferredClaims("default")
+            results = self.run_batch(claims, ["d-1", "d-2", "d-3"])
+            assert not IdempotencyRecord.objects.filter(key__startswith="d-").exists()
+            with CaptureQueriesContext(connection) as queries:
+                claims.claim_all()
+        assert [query["sql"].partition(":")[0] for query in queries.captured_queries] == ["3 times"]
+        stored = {record.key: record.response for record in IdempotencyRecord.objects.filter(key__startswith="d-")}
+        assert stored == {key: result.to_dict() for key, result in zip(["d-1", "d-2", "d-3"], results, strict=True)}
+
+    def test_a_key_stored_already_fails_the_claim_and_a_dispatch_with_a_savepoint_replays(self) -> None:
+        first = dispatch(AddStock(sku="SKU-DEFER", quantity=1), idempotency_key="d-taken")
+
+        with pytest.raises(IdempotencyKeyTakenError), transaction.atomic():
+            self.claimed_batch(["d-new", "d-taken"])
+        again = dispatch(AddStock(sku="SKU-DEFER", quantity=1), idempotency_key="d-taken")
+
+        assert (again.replayed, again.events) == (True, first.events)
+        assert not IdempotencyRecord.objects.filter(key="d-new").exists()
+        assert Event.objects.filter(stream_id="Inventory-SKU-DEFER").count() == 1
+
+    def test_a_key_used_twice_in_one_batch_is_refused_at_once(self) -> None:
+        with pytest.raises(IdempotencyKeyTakenError), transaction.atomic():
+            self.run_batch(DeferredClaims("default"), ["d-twice", "d-twice"])
 
 
 @pytest.mark.django_db(transaction=True)

@@ -144,10 +144,14 @@ def test_a_batch_whose_commands_all_go_through_takes_no_savepoint_per_command(ap
     with CaptureQueriesContext(connection) as queries:
         run_saga()
     savepoints = _command_savepoints(queries)  # now: each request (below) empties the connection's query log
+    claims = [
+        query["sql"] for query in queries.captured_queries if "INTO eventsourcing_idempotency_record" in query["sql"]
+    ]
 
     wait_until_caught_up()
     assert [order_status(api_client, order_id) for order_id in orders] == ["confirmed"] * 5
     assert savepoints == 0  # 15 commands in three batches (reserve, authorise, confirm)
+    assert [sql.partition(":")[0] for sql in claims] == ["5 times"] * 3  # each batch claims its 5 keys at once
 
 
 def test_a_batch_with_a_refused_command_is_redone_and_every_order_decided_once(api_client, without_sagas) -> None:
@@ -198,7 +202,7 @@ def test_a_race_lost_in_a_batch_s_first_pass_is_retried_in_the_redone_batch(
 
 def test_a_saga_command_whose_key_is_taken_is_replayed_and_not_applied_twice(api_client, without_sagas) -> None:
     """ReserveStock already ran under the saga's key. The batch's first pass reserves again and finds the
-    key taken only when it claims it, last: that pass is undone, and the redone batch replays the result."""
+    key taken only when it claims its keys, at its end: that pass is undone, and the redone batch replays."""
     command(api_client, "AddStock", {"sku": "SKU-KEY", "quantity": 5})
     order_id = place(api_client, "SKU-KEY", 1)
     key = idempotency_key("OrderFulfillment", order_id, "reserve_stock")

@@ -29,6 +29,8 @@ from ..store import AppendResult, EventStore, Metadata
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
+    from .middleware.idempotency import DeferredClaims
+
 A = TypeVar("A", bound=Aggregate)
 
 
@@ -156,6 +158,9 @@ class CommandContext:
     # False: inside a caller's transaction the command takes no savepoint of its own, because the caller
     # undoes more than the command if it raises (the saga manager's first pass over a batch).
     savepoint: bool = True
+    # With no savepoint: where the idempotency middleware leaves the key's record for the caller to
+    # insert with the others of its transaction (DeferredClaims), instead of inserting it at once.
+    deferred_claims: DeferredClaims | None = None
     saved: list[AppendResult] = field(default_factory=list)
     touched: Aggregate | None = None
 

@@ -32,6 +32,7 @@ from django.db import connections, transaction
 from django.utils import timezone
 
 from ..commands import Command, CommandContext, CommandResult, dispatch
+from ..commands.middleware.idempotency import DeferredClaims, IdempotencyKeyTakenError
 from ..commands.registry import command_registry
 from ..conf import es_settings
 from ..exceptions import (
@@ -111,18 +112,26 @@ class SagaManager:
         one raises (refused, a lost race, an outage), the whole pass is rolled back to that savepoint,
         on-commit nudges included, and the batch is handled again with a savepoint per command, so
         that the failing command is undone alone. Those commands are logged and counted twice.
+        The fast pass also claims its commands' idempotency keys together, in one statement at its
+        end (DeferredClaims); a key found taken there redoes the batch the same way.
         """
         using = self.store.using
         if connections[using].in_atomic_block:
             try:
                 with transaction.atomic(using=using):
-                    self._handle_batch(events, savepoints=False)
+                    claims = DeferredClaims(using)
+                    self._handle_batch(events, claims=claims)
+                    try:
+                        claims.claim_all()
+                    except IdempotencyKeyTakenError as exc:
+                        raise RedoWithSavepoints() from exc
                 return
             except RedoWithSavepoints:
                 pass
-        self._handle_batch(events, savepoints=True)
+        self._handle_batch(events, claims=None)
 
-    def _handle_batch(self, events: list[RecordedEvent], *, savepoints: bool) -> None:
+    def _handle_batch(self, events: list[RecordedEvent], *, claims: DeferredClaims | None) -> None:
+        """`claims`: the fast pass's deferred idempotency claims (no savepoints); None: a savepoint per command."""
         keyed = [(event, self.saga.correlation_id(event)) for event in events]
         states = self._lock_states({cid for _, cid in keyed if cid})
         known_ids = {cid: state.version for cid, state in states.items()}
@@ -137,7 +146,7 @@ class SagaManager:
                 state = states[cid] = self._new_state(cid, event)
             if state.status not in ACTIVE_STATUSES or str(event.event_id) in state.processed_event_ids:
                 continue
-            self._handle(state, event, savepoints=savepoints)
+            self._handle(state, event, claims=claims)
             changed[cid] = state
         self._save(changed, known_ids)
 
@@ -162,11 +171,11 @@ class SagaManager:
             updated_at=now,
         )
 
-    def _handle(self, state: SagaState, event: RecordedEvent, *, savepoints: bool) -> None:
+    def _handle(self, state: SagaState, event: RecordedEvent, *, claims: DeferredClaims | None) -> None:
         instance = SagaInstance(state, event)
         _log(state, "event", event_type=event.event_type, event_id=str(event.event_id), position=event.position)
         steps = self.saga.handler_for(event.event_type)(self.saga, instance, event)
-        self.advance(instance, steps, cause=event, savepoints=savepoints)
+        self.advance(instance, steps, cause=event, claims=claims)
         state.processed_event_ids = [*state.processed_event_ids, str(event.event_id)][-PROCESSED_IDS_KEPT:]
 
     def _save(self, changed: dict[str, SagaState], known_versions: dict[str, int]) -> None:
@@ -187,13 +196,14 @@ class SagaManager:
         *,
         cause: RecordedEvent | None,
         label: str = "timeout",
-        savepoints: bool = True,
+        claims: DeferredClaims | None = None,
     ) -> None:
         """Dispatch a handler's steps in order, then complete, compensate or keep running.
 
         `cause` is the event handled (the commands' causation); without one, `label` says what
         moved the saga on (a timeout, an operator's retry) in the commands' causation id.
-        Without `savepoints`, a command that raises raises RedoWithSavepoints (see handle_batch).
+        With `claims` (the fast pass of handle_batch), commands run without savepoints and claim their
+        keys there, and a command that raises raises RedoWithSavepoints.
         """
         state = instance.state
         for step in _as_steps(steps):
@@ -201,9 +211,7 @@ class SagaManager:
                 break
             state.current_step = step.name
             try:
-                result = self._dispatch(
-                    instance, step.command, key=step.name, cause=cause, label=label, savepoints=savepoints
-                )
+                result = self._dispatch(instance, step.command, key=step.name, cause=cause, label=label, claims=claims)
             except REFUSALS as exc:
                 _log(state, "refused", step=step.name, command_type=step.command.command_type, error=str(exc))
                 instance.fail(f"{step.name}: {exc}")
@@ -212,14 +220,14 @@ class SagaManager:
             if step.compensate is not None:
                 instance.compensate_with(step.name, step.compensate)
         if instance.failure is not None:
-            self._fail(instance, cause=cause, label=label, savepoints=savepoints)
+            self._fail(instance, cause=cause, label=label, claims=claims)
         elif instance.completed:
             self._finish(state, SagaStatus.COMPLETED)
         else:
             state.status = SagaStatus.RUNNING
 
     def _fail(
-        self, instance: SagaInstance, *, cause: RecordedEvent | None, label: str, savepoints: bool = True
+        self, instance: SagaInstance, *, cause: RecordedEvent | None, label: str, claims: DeferredClaims | None = None
     ) -> None:
         state = instance.state
         state.last_error = instance.failure or ""
@@ -230,7 +238,7 @@ class SagaManager:
         state.status = SagaStatus.COMPENSATING
         while state.compensations:
             compensation = state.compensations[-1]
-            if not self._compensate(instance, compensation, cause=cause, label=label, savepoints=savepoints):
+            if not self._compensate(instance, compensation, cause=cause, label=label, claims=claims):
                 self._finish(state, SagaStatus.COMPENSATION_FAILED)
                 return
             state.compensations = state.compensations[:-1]
@@ -243,7 +251,7 @@ class SagaManager:
         *,
         cause: RecordedEvent | None,
         label: str,
-        savepoints: bool,
+        claims: DeferredClaims | None,
     ) -> bool:
         """Run one compensation, retrying with backoff; False when every attempt failed.
 
@@ -259,7 +267,7 @@ class SagaManager:
                     _log(state, "compensated", step=step, command_type=None, events=[])
                     return True
                 result = self._dispatch(
-                    instance, command, key=f"compensate:{step}", cause=cause, label=label, savepoints=savepoints
+                    instance, command, key=f"compensate:{step}", cause=cause, label=label, claims=claims
                 )
             except (*TRANSIENT_ERRORS, ConcurrencyError, RedoWithSavepoints):
                 raise
@@ -297,7 +305,7 @@ class SagaManager:
         key: str,
         cause: RecordedEvent | None,
         label: str,
-        savepoints: bool,
+        claims: DeferredClaims | None,
     ) -> CommandResult:
         state = instance.state
         correlation_id = state.trace_id or state.correlation_id
@@ -308,9 +316,10 @@ class SagaManager:
             idempotency_key=idempotency_key(self.saga.name, state.correlation_id, key),
             custom_metadata={"saga": self.saga.name, "saga_id": state.correlation_id},
             store=self.store,
-            savepoint=savepoints,
+            savepoint=claims is None,
+            deferred_claims=claims,
         )
-        if savepoints:
+        if claims is None:
             return dispatch(command, context)
         try:
             return dispatch(command, context)

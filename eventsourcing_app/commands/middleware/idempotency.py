@@ -14,14 +14,19 @@ cannot undo its claim alone if it fails, so nothing is lost by claiming last:
 one INSERT with the result, after the handler, instead of an INSERT and an
 UPDATE. If the key turns out taken, its writes must not stand: it raises
 IdempotencyKeyTakenError, the caller rolls back, and dispatching it again with a
-savepoint claims first and replays the stored result.
+savepoint claims first and replays the stored result. A caller running many
+such commands can go further and hand them one `DeferredClaims`: their records
+are then inserted together, in one pipelined statement, before its COMMIT.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any
 
 from django.db import DatabaseError, connections
 from django.utils import timezone
@@ -66,7 +71,9 @@ class IdempotencyMiddleware(Middleware):
         scope, using = scope_of(context), context.store.using
         if not context.savepoint and connections[using].in_atomic_block:
             result = next_(command, context)
-            if self._claim(scope, context.idempotency_key, command, fingerprint, using, result=result) is None:
+            if context.deferred_claims is not None:
+                context.deferred_claims.add(scope, context.idempotency_key, command, fingerprint, result)
+            elif self._claim(scope, context.idempotency_key, command, fingerprint, using, result=result) is None:
                 raise IdempotencyKeyTakenError()
             return result
         record_id = self._claim(scope, context.idempotency_key, command, fingerprint, using)
@@ -100,34 +107,12 @@ class IdempotencyMiddleware(Middleware):
         key taken and replays the stored result.
         """
         connection = connections[using]
-        now = timezone.now()
-        expires = now + timedelta(seconds=es_settings.IDEMPOTENCY_TTL)
-        adapt = connection.ops.adapt_datetimefield_value
-        response = IdempotencyRecord._meta.get_field("response")
-        columns = "scope, key, command_type, request_hash, created_at, expires_at, " + connection.ops.quote_name(
-            response.column
-        )
-        try:
-            with statement_cursor(connection) as cursor:
-                cursor.execute(
-                    f"INSERT INTO {IdempotencyRecord._meta.db_table} ({columns})"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (scope, key) DO NOTHING RETURNING id",
-                    [
-                        scope,
-                        key,
-                        command.command_type,
-                        fingerprint,
-                        adapt(now),
-                        adapt(expires),
-                        None if result is None else response.get_db_prep_save(result.to_dict(), connection),
-                    ],
-                )
-                row = cursor.fetchone()
-        except DatabaseError as exc:
-            if _sqlstate(exc) in WAIT_ENDED:
-                # The wait for a duplicate outlasted the statement's time limit: it is still running.
-                raise IdempotencyInProgressError() from exc
-            raise
+        with _waiting_for_duplicates(), statement_cursor(connection) as cursor:
+            cursor.execute(
+                f"{_insert_statement(connection)} RETURNING id",
+                _record_row(connection, scope, key, command, fingerprint, result=result),
+            )
+            row = cursor.fetchone()
         return None if row is None else row[0]
 
     @staticmethod
@@ -153,3 +138,77 @@ class IdempotencyMiddleware(Middleware):
         if record.request_hash != fingerprint:
             raise IdempotencyConflictError()
         return CommandResult.from_dict(command.command_type, record.response, replayed=True)
+
+
+class DeferredClaims:
+    """The keys of commands run without savepoints in one transaction, claimed together before it commits.
+
+    A caller that runs many commands inside its own transaction, none with a savepoint
+    (the saga manager's first pass over a batch), can only undo them all together: each
+    command claiming its key with an INSERT of its own buys nothing but a round trip. With
+    one of these in `CommandContext.deferred_claims`, the middleware records each key here,
+    and `claim_all()` inserts them in one pipelined executemany. When a key turns out taken
+    (or is used twice in the batch) it raises IdempotencyKeyTakenError: the caller rolls
+    back and runs the commands again, each with a savepoint, claiming first and replaying.
+    """
+
+    def __init__(self, using: str) -> None:
+        self.using = using
+        self._rows: dict[tuple[str, str], list[Any]] = {}
+
+    def add(self, scope: str, key: str, command: Command, fingerprint: str, result: CommandResult) -> None:
+        if (scope, key) in self._rows:
+            raise IdempotencyKeyTakenError()
+        self._rows[scope, key] = _record_row(connections[self.using], scope, key, command, fingerprint, result=result)
+
+    def claim_all(self) -> None:
+        """Insert every record; IdempotencyKeyTakenError unless all of them were inserted."""
+        if not self._rows:
+            return
+        connection = connections[self.using]
+        with _waiting_for_duplicates(), statement_cursor(connection) as cursor:
+            cursor.executemany(_insert_statement(connection), list(self._rows.values()))
+            inserted = cursor.rowcount
+        if inserted != len(self._rows):
+            raise IdempotencyKeyTakenError()
+
+
+def _insert_statement(connection: Any) -> str:
+    """INSERT of one record that does nothing when its (scope, key) is taken."""
+    response = IdempotencyRecord._meta.get_field("response")
+    columns = "scope, key, command_type, request_hash, created_at, expires_at, " + connection.ops.quote_name(
+        response.column
+    )
+    return (
+        f"INSERT INTO {IdempotencyRecord._meta.db_table} ({columns})"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (scope, key) DO NOTHING"
+    )
+
+
+def _record_row(
+    connection: Any, scope: str, key: str, command: Command, fingerprint: str, *, result: CommandResult | None
+) -> list[Any]:
+    """The values of _insert_statement: a record expiring after IDEMPOTENCY_TTL, with the result if known."""
+    now = timezone.now()
+    adapt = connection.ops.adapt_datetimefield_value
+    response = IdempotencyRecord._meta.get_field("response")
+    return [
+        scope,
+        key,
+        command.command_type,
+        fingerprint,
+        adapt(now),
+        adapt(now + timedelta(seconds=es_settings.IDEMPOTENCY_TTL)),
+        None if result is None else response.get_db_prep_save(result.to_dict(), connection),
+    ]
+
+
+@contextmanager
+def _waiting_for_duplicates() -> Iterator[None]:
+    """A claim waits for a concurrent duplicate's transaction; a wait cut off by a time limit means it still runs."""
+    try:
+        yield
+    except DatabaseError as exc:
+        if _sqlstate(exc) in WAIT_ENDED:
+            raise IdempotencyInProgressError() from exc
+        raise
