@@ -111,6 +111,9 @@ DEFAULTS: dict[str, Any] = {
     "OUTBOX_TASK_SECONDS": 20,
     # Seconds delivered messages are kept before the cleanup_outbox task deletes them.
     "OUTBOX_RETENTION_SECONDS": 7 * 24 * 3600,
+    # Seconds a consumer remembers a message id it handled (consume_once, the webhook receiver) before
+    # the cleanup_processed_messages task forgets it: longer than a message can still be redelivered.
+    "OUTBOX_CONSUMER_RETENTION_SECONDS": 30 * 24 * 3600,
 }
 
 # Keys whose values are import strings (or lists of them), resolved on first access.

@@ -9,7 +9,11 @@ from django.core.cache import cache as django_cache
 
 from .conf import es_settings
 from .models import Checkpoint, CheckpointStatus, IdempotencyRecord
-from .outbox.tasks import cleanup_outbox, process_outbox  # noqa: F401  (registers the outbox tasks)
+from .outbox.tasks import (  # noqa: F401  (registers the outbox tasks)
+    cleanup_outbox,
+    cleanup_processed_messages,
+    process_outbox,
+)
 from .projections import ASYNC, ProjectionRunner, projection_registry
 from .projections.hooks import enqueue_projection, pending_key
 from .sagas import SagaManager, saga_registry

@@ -177,6 +177,8 @@ CELERY_BEAT_SCHEDULE = {
     # longer than that in the queue is dropped: the next one does the same job); delivered rows are pruned hourly.
     "process-outbox": {"task": "eventsourcing_app.process_outbox", "schedule": 10.0, "options": {"expires": 10.0}},
     "cleanup-outbox": {"task": "eventsourcing_app.cleanup_outbox", "schedule": 3600.0},
+    # Message ids the shop's consumers handled, kept OUTBOX_CONSUMER_RETENTION_SECONDS (30 days) against redelivery.
+    "cleanup-processed-messages": {"task": "eventsourcing_app.cleanup_processed_messages", "schedule": 86400.0},
 }
 # A task stuck past this is killed (prefork pool) and, acks_late + reject_on_worker_lost, redelivered.
 # No soft limit on run_projection: its SoftTimeLimitExceeded would look like a poison event.

@@ -29,6 +29,7 @@ from eventsourcing_app.outbox.consumer import (
 )
 from eventsourcing_app.outbox.publishers import OutgoingMessage
 from eventsourcing_app.outbox.publishers.webhook import WebhookPublisher, sign
+from eventsourcing_app.outbox.tasks import cleanup_processed_messages as cleanup_processed_messages_task
 from tests.workers import killed_on_exit, release, results_of
 
 SECRET = "receiver-secret"
@@ -161,6 +162,22 @@ def test_cleanup_forgets_old_ids_only() -> None:
         assert first  # forgotten: a redelivery this late counts as new
     with pytest.raises(ValueError, match="older_than"):
         cleanup_processed_messages(older_than=timedelta(days=-1))
+
+
+@pytest.mark.django_db
+def test_the_periodic_task_forgets_what_is_older_than_the_retention_setting(settings) -> None:
+    old, recent = str(uuid.uuid4()), str(uuid.uuid4())
+    deliver(old, consumer="billing")
+    deliver(recent, consumer="shipping")
+    ProcessedMessage.objects.filter(message_id=old).update(processed_at=timezone.now() - timedelta(hours=3))
+    settings.EVENTSOURCING = {**settings.EVENTSOURCING, "OUTBOX_CONSUMER_RETENTION_SECONDS": 2 * 3600}
+
+    assert cleanup_processed_messages_task() == 1
+
+    assert list(ProcessedMessage.objects.values_list("message_id", flat=True)) == [recent]
+    assert "eventsourcing_app.cleanup_processed_messages" in {
+        entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()
+    }
 
 
 def test_concurrent_redeliveries_in_processes_have_one_effect(run_python, tmp_path: Path) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from celery import shared_task
 from django.core.cache import cache as django_cache
 
 from ..conf import es_settings
+from .consumer import cleanup_processed_messages as forget_processed_messages
 from .hooks import PENDING_KEY, enqueue_processing
 from .operations import cleanup_delivered
 from .processor import OutboxProcessor
@@ -38,3 +40,9 @@ def process_outbox() -> int:
 def cleanup_outbox() -> int:
     """Delete messages delivered more than OUTBOX_RETENTION_SECONDS ago; returns how many (hourly, by beat)."""
     return cleanup_delivered()
+
+
+@shared_task(name="eventsourcing_app.cleanup_processed_messages", ignore_result=True)
+def cleanup_processed_messages() -> int:
+    """Forget message ids consumers handled more than OUTBOX_CONSUMER_RETENTION_SECONDS ago (daily, by beat)."""
+    return forget_processed_messages(older_than=timedelta(seconds=float(es_settings.OUTBOX_CONSUMER_RETENTION_SECONDS)))
