@@ -204,6 +204,24 @@ class TestRunSagasOnce:
         broken = SagaState.objects.get(saga_type=broken_watch.name, correlation_id=order_id)
         assert (broken.status, broken.deadline is not None) == (SagaStatus.RUNNING, True)  # rolled back, tried later
 
+    def test_a_timeout_that_keeps_failing_is_tried_less_and_less_often(
+        self, without_sagas, stock, broken_watch: BrokenWatch
+    ) -> None:
+        order_id = place_order("KETTLE", 1)
+        manager = saga_registry.manager(broken_watch.name)
+        run("run_sagas", "--once", "--saga", broken_watch.name)  # handles OrderPlaced; its timeout fails once
+        state = SagaState.objects.get(saga_type=broken_watch.name, correlation_id=order_id)
+        waits = []
+        for _ in range(8):
+            with pytest.raises(RuntimeError, match="timeout bug"):
+                manager.fire_timeouts(now=state.deadline)
+            fired_at, state = state.deadline, SagaState.objects.get(pk=state.pk)
+            waits.append((state.deadline - fired_at).total_seconds() / 60)
+
+        assert waits == [2, 4, 8, 16, 32, 60, 60, 60]  # minutes; the first wait, after run_sagas, was 1
+        assert [entry["kind"] for entry in state.history].count("timeout_error") == 9
+        assert (state.status, state.last_error) == (SagaStatus.RUNNING, "timeout failed: RuntimeError('timeout bug')")
+
     def test_an_event_already_in_the_log_beats_the_deadline_it_met(self, without_sagas, stock, settings) -> None:
         """Events are handled before timeouts fire: a payment authorised in time is not undone by a slow worker."""
         order_id = place_order("KETTLE", 1)

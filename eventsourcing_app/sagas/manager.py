@@ -59,8 +59,10 @@ CHECKPOINT_PREFIX = "saga:"
 # an operator to follow the saga, bounded for long-lived ones.
 PROCESSED_IDS_KEPT = 500
 HISTORY_KEPT = 500
-# How long a timeout that raised waits before it is tried again.
+# How long a timeout that raised waits before it is tried again: doubled after each consecutive failure, up to
+# the maximum, so a bug in on_timeout is not run (and logged) every minute while someone fixes it.
 TIMEOUT_RETRY_DELAY = timedelta(minutes=1)
+TIMEOUT_RETRY_MAX_DELAY = timedelta(hours=1)
 
 
 class RedoWithSavepoints(Exception):
@@ -338,8 +340,9 @@ class SagaManager:
 
         Each instance is handled in its own transaction, its row locked (rows another worker holds are
         skipped, on PostgreSQL) and re-checked, so a timeout and an event never act on one instance at once.
-        An instance whose timeout raises keeps its error in `last_error` and is tried again a minute
-        later; the others still fire, and the first error is raised once they have.
+        An instance whose timeout raises keeps its error in `last_error` and its history, and is tried
+        again a minute later, then two, four… (at most an hour); the others still fire, and the first
+        error is raised once they have.
         """
         now = now or timezone.now()
         using = self.store.using
@@ -362,12 +365,29 @@ class SagaManager:
                     fired += 1
             except Exception as exc:
                 first_error = first_error or exc
-                due.filter(pk=pk).update(
-                    last_error=f"timeout failed: {exc!r}"[:4000], deadline=now + TIMEOUT_RETRY_DELAY
-                )
+                self._postpone_timeout(pk, exc, now)
         if first_error is not None:
             raise first_error
         return fired
+
+    def _postpone_timeout(self, pk: int, error: Exception, now: datetime) -> None:
+        """Record a timeout that raised (its transaction rolled back) and set when it is tried again."""
+        using = self.store.using
+        with transaction.atomic(using=using):
+            rows = SagaState.objects.using(using).filter(pk=pk)
+            if connections[using].features.has_select_for_update:
+                rows = rows.select_for_update()
+            state = rows.first()
+            if state is None:
+                return
+            version = state.version
+            failures = 0
+            while failures < len(state.history) and state.history[-1 - failures]["kind"] == "timeout_error":
+                failures += 1
+            state.deadline = now + min(TIMEOUT_RETRY_DELAY * 2**failures, TIMEOUT_RETRY_MAX_DELAY)
+            state.last_error = f"timeout failed: {error!r}"[:4000]
+            _log(state, "timeout_error", error=repr(error)[:1000], retry_at=state.deadline.isoformat())
+            save_over(state, version, using=using)
 
     def fire_timeout(self, state: SagaState, **note: object) -> None:
         """Run the saga's `on_timeout` on a locked, running instance (the caller saves it)."""
