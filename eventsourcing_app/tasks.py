@@ -119,5 +119,5 @@ def _fire_timeouts(manager: SagaManager) -> int:
     try:
         return manager.fire_timeouts()
     except Exception:
-        logger.exception("saga=%s: a timeout failed; it is tried again in a minute", manager.saga.name)
+        logger.exception("saga=%s: a timeout failed; it is tried again later (see its history)", manager.saga.name)
         return 0

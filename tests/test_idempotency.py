@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from eventsourcing_app.commands import dispatch
 from eventsourcing_app.commands.middleware.idempotency import DeferredClaims, IdempotencyKeyTakenError
+from eventsourcing_app.exceptions import CommandFailedError
 from eventsourcing_app.models import Event, IdempotencyRecord
 from eventsourcing_app.tasks import cleanup_idempotency_records
 from project.shop.commands import AddStock
@@ -139,6 +140,34 @@ class TestDeferredClaims:
         assert (again.replayed, again.events) == (True, first.events)
         assert not IdempotencyRecord.objects.filter(key="d-new").exists()
         assert Event.objects.filter(stream_id="Inventory-SKU-DEFER").count() == 1
+
+    def test_claims_once_claimed_start_empty_again(self) -> None:
+        with transaction.atomic():
+            claims = DeferredClaims("default")
+            self.run_batch(claims, ["d-first"])
+            claims.claim_all()
+            self.run_batch(claims, ["d-second"])
+            claims.claim_all()
+        assert set(IdempotencyRecord.objects.filter(key__startswith="d-").values_list("key", flat=True)) == {
+            "d-first",
+            "d-second",
+        }
+
+    def test_a_command_with_a_savepoint_of_its_own_claims_at_once_and_leaves_nothing_deferred(self) -> None:
+        claims = DeferredClaims("default")
+        with transaction.atomic():
+            dispatch(AddStock(sku="SKU-DEFER", quantity=1), idempotency_key="d-own", deferred_claims=claims)
+            assert IdempotencyRecord.objects.filter(key="d-own").exists()
+            with CaptureQueriesContext(connection) as queries:
+                claims.claim_all()
+        assert queries.captured_queries == []
+
+    def test_claims_for_another_database_are_refused_before_the_handler_runs(self) -> None:
+        """A programming error: the recovery middleware logs it and the caller gets CommandFailedError."""
+        with pytest.raises(CommandFailedError) as failed, transaction.atomic():
+            self.run_batch(DeferredClaims("elsewhere"), ["d-astray"])
+        assert "claimed on 'elsewhere'" in str(failed.value.__cause__)
+        assert not Event.objects.filter(stream_id="Inventory-SKU-DEFER").exists()
 
     def test_a_key_used_twice_in_one_batch_is_refused_at_once(self) -> None:
         with pytest.raises(IdempotencyKeyTakenError), transaction.atomic():

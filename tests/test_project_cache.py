@@ -13,6 +13,7 @@ import redis
 from project.cache import RedisCache
 
 REDIS_URL = os.environ.get("CACHE_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
+KEYS = ["mark", "session", "a", "counter"]
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def cache() -> Iterator[RedisCache]:
         pytest.skip(f"no Redis at {REDIS_URL}")
     backend = RedisCache(REDIS_URL, {"KEY_PREFIX": f"test-{uuid.uuid4().hex[:8]}"})
     yield backend
-    backend.clear()
+    backend.delete_many(KEYS)  # not clear(): that would flush the whole Redis database
     backend.close()
 
 

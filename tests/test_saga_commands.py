@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
@@ -219,8 +220,37 @@ class TestRunSagasOnce:
             waits.append((state.deadline - fired_at).total_seconds() / 60)
 
         assert waits == [2, 4, 8, 16, 32, 60, 60, 60]  # minutes; the first wait, after run_sagas, was 1
-        assert [entry["kind"] for entry in state.history].count("timeout_error") == 9
+        assert [entry["kind"] for entry in state.history] == ["event", "timeout_error"]  # one entry for the run
+        assert {key: state.history[-1][key] for key in ("failures", "error")} == {
+            "failures": 9,
+            "error": "RuntimeError('timeout bug')",
+        }
         assert (state.status, state.last_error) == (SagaStatus.RUNNING, "timeout failed: RuntimeError('timeout bug')")
+
+    def test_a_timeout_failing_for_weeks_waits_an_hour_and_after_other_news_a_minute_again(
+        self, without_sagas, stock, broken_watch: BrokenWatch
+    ) -> None:
+        order_id = place_order("KETTLE", 1)
+        manager = saga_registry.manager(broken_watch.name)
+        run("run_sagas", "--once", "--saga", broken_watch.name)
+        state = SagaState.objects.get(saga_type=broken_watch.name, correlation_id=order_id)
+        stuck = {**state.history[-1], "failures": 700}
+        SagaState.objects.filter(pk=state.pk).update(history=[*state.history[:-1], stuck])
+
+        with pytest.raises(RuntimeError):
+            manager.fire_timeouts(now=state.deadline)
+        after_weeks = SagaState.objects.get(pk=state.pk)
+        news = {"at": "2026-01-01T00:00:00+00:00", "kind": "event", "event_type": "OrderPlaced"}
+        SagaState.objects.filter(pk=state.pk).update(history=[*after_weeks.history, news])
+        with pytest.raises(RuntimeError):
+            manager.fire_timeouts(now=after_weeks.deadline)
+        after_news = SagaState.objects.get(pk=state.pk)
+
+        assert (after_weeks.deadline - state.deadline, after_weeks.history[-1]["failures"]) == (timedelta(hours=1), 701)
+        assert (after_news.deadline - after_weeks.deadline, after_news.history[-1]["failures"]) == (
+            timedelta(minutes=1),
+            1,
+        )
 
     def test_an_event_already_in_the_log_beats_the_deadline_it_met(self, without_sagas, stock, settings) -> None:
         """Events are handled before timeouts fire: a payment authorised in time is not undone by a slow worker."""

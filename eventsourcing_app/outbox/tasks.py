@@ -9,7 +9,7 @@ from celery import shared_task
 from django.core.cache import cache as django_cache
 
 from ..conf import es_settings
-from .consumer import cleanup_processed_messages as forget_processed_messages
+from . import consumer
 from .hooks import PENDING_KEY, enqueue_processing
 from .operations import cleanup_delivered
 from .processor import OutboxProcessor
@@ -45,4 +45,6 @@ def cleanup_outbox() -> int:
 @shared_task(name="eventsourcing_app.cleanup_processed_messages", ignore_result=True)
 def cleanup_processed_messages() -> int:
     """Forget message ids consumers handled more than OUTBOX_CONSUMER_RETENTION_SECONDS ago (daily, by beat)."""
-    return forget_processed_messages(older_than=timedelta(seconds=float(es_settings.OUTBOX_CONSUMER_RETENTION_SECONDS)))
+    return consumer.cleanup_processed_messages(
+        older_than=timedelta(seconds=float(es_settings.OUTBOX_CONSUMER_RETENTION_SECONDS))
+    )

@@ -114,7 +114,7 @@ class SagaManager:
         one raises (refused, a lost race, an outage), the whole pass is rolled back to that savepoint,
         on-commit nudges included, and the batch is handled again with a savepoint per command, so
         that the failing command is undone alone. Those commands are logged and counted twice.
-        The fast pass also claims its commands' idempotency keys together, in one statement at its
+        The fast pass also claims its commands' idempotency keys together, in one round trip at its
         end (DeferredClaims); a key found taken there redoes the batch the same way.
         """
         using = self.store.using
@@ -360,34 +360,23 @@ class SagaManager:
                     if state is None:
                         continue
                     version = state.version
-                    self.fire_timeout(state)
-                    save_over(state, version, using=using)
-                    fired += 1
-            except Exception as exc:
+                    try:
+                        with transaction.atomic(using=using):
+                            self.fire_timeout(state)
+                            save_over(state, version, using=using)
+                    except Exception as exc:
+                        # Rolled back to before the timeout, row still locked: nobody moved it meanwhile.
+                        first_error = first_error or exc
+                        state = SagaState.objects.using(using).get(pk=pk)
+                        _postpone_timeout(state, exc, now)
+                        save_over(state, version, using=using)
+                    else:
+                        fired += 1
+            except Exception as exc:  # the database itself failed: this instance stays due
                 first_error = first_error or exc
-                self._postpone_timeout(pk, exc, now)
         if first_error is not None:
             raise first_error
         return fired
-
-    def _postpone_timeout(self, pk: int, error: Exception, now: datetime) -> None:
-        """Record a timeout that raised (its transaction rolled back) and set when it is tried again."""
-        using = self.store.using
-        with transaction.atomic(using=using):
-            rows = SagaState.objects.using(using).filter(pk=pk)
-            if connections[using].features.has_select_for_update:
-                rows = rows.select_for_update()
-            state = rows.first()
-            if state is None:
-                return
-            version = state.version
-            failures = 0
-            while failures < len(state.history) and state.history[-1 - failures]["kind"] == "timeout_error":
-                failures += 1
-            state.deadline = now + min(TIMEOUT_RETRY_DELAY * 2**failures, TIMEOUT_RETRY_MAX_DELAY)
-            state.last_error = f"timeout failed: {error!r}"[:4000]
-            _log(state, "timeout_error", error=repr(error)[:1000], retry_at=state.deadline.isoformat())
-            save_over(state, version, using=using)
 
     def fire_timeout(self, state: SagaState, **note: object) -> None:
         """Run the saga's `on_timeout` on a locked, running instance (the caller saves it)."""
@@ -476,6 +465,23 @@ def _as_steps(steps: Iterable[Step | Command] | None) -> list[Step]:
     if isinstance(steps, Step | Command):
         steps = [steps]
     return [s if isinstance(s, Step) else Step(s.command_type, s) for s in steps]
+
+
+def _postpone_timeout(state: SagaState, error: Exception, now: datetime) -> None:
+    """Record a timeout that raised and set its next try: each consecutive failure doubles the wait.
+
+    Consecutive failures share one history entry (a count, the first and the last), so an
+    instance stuck for weeks does not push its events and commands out of the history.
+    """
+    last = state.history[-1] if state.history else {}
+    failures = last.get("failures", 1) + 1 if last.get("kind") == "timeout_error" else 1
+    state.deadline = now + min(TIMEOUT_RETRY_DELAY * 2 ** min(failures - 1, 16), TIMEOUT_RETRY_MAX_DELAY)
+    state.last_error = f"timeout failed: {error!r}"[:4000]
+    details = {"failures": failures, "error": repr(error)[:1000], "retry_at": state.deadline.isoformat()}
+    if failures > 1:
+        state.history = state.history[:-1]
+        details["first_at"] = last.get("first_at", last.get("at"))
+    _log(state, "timeout_error", **details)
 
 
 def _log(state: SagaState, kind: str, **details: object) -> None:

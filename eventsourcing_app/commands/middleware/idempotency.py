@@ -16,7 +16,7 @@ UPDATE. If the key turns out taken, its writes must not stand: it raises
 IdempotencyKeyTakenError, the caller rolls back, and dispatching it again with a
 savepoint claims first and replays the stored result. A caller running many
 such commands can go further and hand them one `DeferredClaims`: their records
-are then inserted together, in one pipelined statement, before its COMMIT.
+are then inserted together (one pipelined executemany: one round trip) before its COMMIT.
 """
 
 from __future__ import annotations
@@ -70,9 +70,12 @@ class IdempotencyMiddleware(Middleware):
         fingerprint = request_hash(command)
         scope, using = scope_of(context), context.store.using
         if not context.savepoint and connections[using].in_atomic_block:
+            claims = context.deferred_claims
+            if claims is not None and claims.using != using:
+                raise ValueError(f"deferred_claims are claimed on {claims.using!r}; this command writes to {using!r}.")
             result = next_(command, context)
-            if context.deferred_claims is not None:
-                context.deferred_claims.add(scope, context.idempotency_key, command, fingerprint, result)
+            if claims is not None:
+                claims.add(scope, context.idempotency_key, command, fingerprint, result)
             elif self._claim(scope, context.idempotency_key, command, fingerprint, using, result=result) is None:
                 raise IdempotencyKeyTakenError()
             return result
@@ -147,9 +150,10 @@ class DeferredClaims:
     (the saga manager's first pass over a batch), can only undo them all together: each
     command claiming its key with an INSERT of its own buys nothing but a round trip. With
     one of these in `CommandContext.deferred_claims`, the middleware records each key here,
-    and `claim_all()` inserts them in one pipelined executemany. When a key turns out taken
-    (or is used twice in the batch) it raises IdempotencyKeyTakenError: the caller rolls
-    back and runs the commands again, each with a savepoint, claiming first and replaying.
+    and `claim_all()` inserts them with one executemany, which psycopg pipelines (one round
+    trip). When a key turns out taken (or is used twice in the batch) it raises
+    IdempotencyKeyTakenError: the caller rolls back and runs the commands again, each with
+    a savepoint, claiming first and replaying.
     """
 
     def __init__(self, using: str) -> None:
@@ -171,6 +175,7 @@ class DeferredClaims:
             inserted = cursor.rowcount
         if inserted != len(self._rows):
             raise IdempotencyKeyTakenError()
+        self._rows.clear()
 
 
 def _insert_statement(connection: Any) -> str:
