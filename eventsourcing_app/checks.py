@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import Error, register
+from django.core import checks
+from django.core.checks import CheckMessage, Error, register
 from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS, IMPORT_STRINGS, ImportStringError, perform_import
@@ -48,19 +49,40 @@ OUTBOX_NUMBERS = {
 
 
 @register()
-def outbox_check(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+def outbox_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """OUTBOX_DESTINATIONS and OUTBOX_ROUTES: unknown destinations, bad import strings, bad shapes; and numbers."""
     user = getattr(settings, "EVENTSOURCING", {}) or {}
     if not isinstance(user, dict):
         return []  # reported by eventsourcing_settings_check
     from .outbox.routes import configuration_problems
 
-    errors = [Error(problem, id="eventsourcing_app.E004") for problem in configuration_problems()]
+    errors: list[CheckMessage] = [Error(problem, id="eventsourcing_app.E004") for problem in configuration_problems()]
+    numbers = {}
     for key, minimum in OUTBOX_NUMBERS.items():
-        value = user.get(key, DEFAULTS[key])
+        value = numbers[key] = user.get(key, DEFAULTS[key])
         if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
             errors.append(Error(f"EVENTSOURCING[{key!r}] must be a number >= {minimum}.", id="eventsourcing_app.E003"))
+    if not errors:
+        errors.extend(_check_consumer_retention(numbers))
     return errors
+
+
+def _check_consumer_retention(numbers: dict[str, float]) -> list[checks.Warning]:
+    """Consumers must remember a message id for longer than the outbox may still redeliver it."""
+    base, cap = numbers["OUTBOX_RETRY_BASE_DELAY"], numbers["OUTBOX_RETRY_MAX_DELAY"]
+    retries = range(1, int(numbers["OUTBOX_MAX_ATTEMPTS"]))
+    span = sum(min(cap, base * 2.0 ** min(attempt - 1, 64)) for attempt in retries)
+    if numbers["OUTBOX_CONSUMER_RETENTION_SECONDS"] >= span:
+        return []
+    return [
+        checks.Warning(
+            f"EVENTSOURCING['OUTBOX_CONSUMER_RETENTION_SECONDS'] ({numbers['OUTBOX_CONSUMER_RETENTION_SECONDS']} s)"
+            f" is shorter than the outbox's retry schedule ({span:.0f} s): a message redelivered after its id"
+            " was forgotten is handled again.",
+            hint="Keep ids for the whole retry schedule, plus the time a dead letter may wait to be requeued.",
+            id="eventsourcing_app.W001",
+        )
+    ]
 
 
 def _check_middleware(entries: Any) -> list[Error]:

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from django.core import checks
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
-from eventsourcing_app.checks import eventsourcing_settings_check
+from eventsourcing_app.checks import eventsourcing_settings_check, outbox_check
 from eventsourcing_app.conf import DEFAULTS, ImportStringError, es_settings
 from eventsourcing_app.models import Event
 from eventsourcing_app.store import DomainEvent, EventStore
@@ -80,6 +81,17 @@ def test_bad_import_string_names_the_setting(settings) -> None:
 def test_system_checks_report_bad_settings(settings, value: object, error_id: str) -> None:
     settings.EVENTSOURCING = value
     assert error_id in [error.id for error in eventsourcing_settings_check()]
+
+
+def test_consumers_forgetting_ids_before_the_last_retry_get_a_warning(settings) -> None:
+    settings.EVENTSOURCING = {"OUTBOX_RETRY_BASE_DELAY": 1, "OUTBOX_RETRY_MAX_DELAY": 300, "OUTBOX_MAX_ATTEMPTS": 10}
+    assert [message.id for message in outbox_check()] == []  # retries span 511 s; ids are kept 30 days
+
+    settings.EVENTSOURCING = {**settings.EVENTSOURCING, "OUTBOX_CONSUMER_RETENTION_SECONDS": 500}
+    [warning] = outbox_check()
+
+    assert (warning.id, warning.level) == ("eventsourcing_app.W001", checks.WARNING)
+    assert "shorter than the outbox's retry schedule (511 s)" in warning.msg
 
 
 def test_valid_settings_pass_the_checks(settings) -> None:
