@@ -35,6 +35,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -52,6 +53,7 @@ from ...commands import Command, CommandContext, handles
 from ...conf import es_settings
 from ...exceptions import ProjectionNotFoundError
 from ...store import NO_STREAM, DomainEvent, EventStore, Metadata
+from .. import benchmark_urls
 
 if TYPE_CHECKING:
     from ...projections import Projection
@@ -672,23 +674,42 @@ def command_http(bench: Bench) -> list[Run]:
         url = reverse("eventsourcing:command", kwargs={"command_type": BenchmarkAddItem.command_type})
     except NoReverseMatch:
         raise CommandError("command_http needs the API's URLs: include('eventsourcing_app.api.urls')") from None
+    with _logged_in_client() as client:
+        return bench.repeat(partial(_post, client, url, bench.category, "command_http"), bench.n)
+
+
+@figure("http_floor", "requests/s", baseline="append_single")
+def http_floor(bench: Bench) -> list[Run]:
+    """The same POST, client and session as command_http, to a DRF view that only authenticates, parses the
+    body and answers (no command, no database write): Django's and DRF's share of command_http, and so the
+    most command_http could reach with an append that cost nothing."""
+    with _logged_in_client() as client, override_settings(ROOT_URLCONF=benchmark_urls.__name__):
+        return bench.repeat(
+            partial(_post, client, f"/{benchmark_urls.FLOOR_PATH}", bench.category, "http_floor"), bench.n
+        )
+
+
+@contextmanager
+def _logged_in_client() -> Iterator[Client]:
+    """Django's test client, logged in (a session) as a superuser made for the figure and deleted after it."""
     user = get_user_model().objects.create_superuser(f"benchmark-{uuid.uuid4().hex[:12]}", "", None)
     host = next((h for h in settings.ALLOWED_HOSTS if h and "*" not in h and not h.startswith(".")), "localhost")
     client = Client(HTTP_HOST=host)
     client.force_login(user)
-
-    def step() -> int:
-        body = json.dumps({"item_id": uuid.uuid4().hex, "category": bench.category})
-        response = client.post(url, data=body, content_type="application/json")
-        if response.status_code != 200:
-            raise CommandError(f"command_http: {response.status_code} {response.content[:300]!r}")
-        return 1
-
     try:
-        return bench.repeat(step, bench.n)
+        yield client
     finally:
         client.logout()
         user.delete()
+
+
+def _post(client: Client, url: str, category: str, figure_name: str) -> int:
+    """One POST of a BenchmarkAddItem body; it must answer 200."""
+    body = json.dumps({"item_id": uuid.uuid4().hex, "category": category})
+    response = client.post(url, data=body, content_type="application/json")
+    if response.status_code != 200:
+        raise CommandError(f"{figure_name}: {response.status_code} {response.content[:300]!r}")
+    return 1
 
 
 # ---------------------------------------------------------------- projections
