@@ -11,13 +11,17 @@ import base64
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import connection
+from django.db import connection, transaction
 from rest_framework.test import APIClient
 
+from eventsourcing_app.commands import Command, dispatch
 from eventsourcing_app.store import EventStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -165,3 +169,42 @@ def client_for():
 def _skip_celery_without_broker(request: pytest.FixtureRequest) -> None:
     if request.node.get_closest_marker("celery") and not os.environ.get("CELERY_BROKER_URL"):
         pytest.skip("needs a Celery broker (set CELERY_BROKER_URL)")
+
+
+@contextmanager
+def dispatched_uncommitted(command: Command, **context_fields) -> Iterator[None]:
+    """Dispatch `command` on another thread (its own connection) inside a transaction held open until exit.
+
+    Whatever it locks (its key, its stream rows) stays locked meanwhile; it commits at exit.
+    """
+    holding, release, errors = threading.Event(), threading.Event(), []
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():
+                dispatch(command, **context_fields)
+                holding.set()
+                release.wait(timeout=30)
+        except Exception as error:  # reported below
+            errors.append(error)
+            holding.set()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert holding.wait(timeout=30)
+        assert not errors, errors
+        yield
+    finally:
+        release.set()
+        thread.join(timeout=30)
+
+
+def with_lock_timeout(work, milliseconds: int = 200):
+    """work() in a transaction whose lock waits end after `milliseconds` (PostgreSQL)."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(f"SET LOCAL lock_timeout = '{int(milliseconds)}ms'")
+        return work()

@@ -14,13 +14,16 @@ from prometheus_client import REGISTRY
 from eventsourcing_app.commands import CommandBus, CommandContext, Middleware, command_registry, dispatch
 from eventsourcing_app.exceptions import (
     CommandPermissionError,
+    CommandTimeoutError,
     CommandValidationError,
     ConcurrencyError,
     TenantRequiredError,
     UnknownCommandError,
 )
+from eventsourcing_app.models import Event
 from eventsourcing_app.store import EventStore
 from project.shop.commands import AddStock, PlaceOrder, ReserveStock
+from tests.conftest import dispatched_uncommitted, with_lock_timeout
 
 pytestmark = pytest.mark.django_db
 
@@ -264,3 +267,13 @@ def test_concurrent_reservations_never_oversell(without_sagas) -> None:
     reserved = [e for e in inventory if e.event_type == "StockReserved"]
     assert outcomes.count("reserved") == len(reserved) <= 3
     assert set(outcomes) <= {"reserved", "CommandRejectedError", "ConcurrencyError"}
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_command_waiting_on_a_lock_past_lock_timeout_times_out() -> None:
+    """A lock wait cut off by the connection's lock_timeout ends the command as its time limit does (503)."""
+    with dispatched_uncommitted(AddStock(sku="SKU-LOCKED", quantity=1)), pytest.raises(CommandTimeoutError):
+        with_lock_timeout(lambda: dispatch(AddStock(sku="SKU-LOCKED", quantity=1)))
+
+    assert Event.objects.filter(stream_id="Inventory-SKU-LOCKED").count() == 1

@@ -13,10 +13,11 @@ from django.utils import timezone
 
 from eventsourcing_app.commands import dispatch
 from eventsourcing_app.commands.middleware.idempotency import DeferredClaims, IdempotencyKeyTakenError
-from eventsourcing_app.exceptions import CommandFailedError
+from eventsourcing_app.exceptions import CommandFailedError, IdempotencyInProgressError
 from eventsourcing_app.models import Event, IdempotencyRecord
 from eventsourcing_app.tasks import cleanup_idempotency_records
 from project.shop.commands import AddStock
+from tests.conftest import dispatched_uncommitted, with_lock_timeout
 
 BODY = {"sku": "SKU-IDEM", "quantity": 3}
 
@@ -211,3 +212,29 @@ def test_ten_concurrent_identical_requests_append_once(client_for, django_user_m
         assert response.status_code in (200, 409), response.content
         if response.status_code == 200:
             assert response.json() == first
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_duplicate_still_running_when_the_wait_ends_is_in_progress() -> None:
+    """The first command holds its key, uncommitted, past the duplicate's lock_timeout: 409, not a hang or a 500."""
+    held = dispatched_uncommitted(AddStock(sku="SKU-HELD", quantity=1), idempotency_key="held")
+    with held, pytest.raises(IdempotencyInProgressError):
+        with_lock_timeout(lambda: dispatch(AddStock(sku="SKU-HELD", quantity=1), idempotency_key="held"))
+
+    assert Event.objects.filter(stream_id="Inventory-SKU-HELD").count() == 1  # the first command's
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_deferred_claims_waiting_past_the_lock_timeout_are_in_progress() -> None:
+    def run_and_claim() -> None:
+        claims = DeferredClaims("default")
+        dispatch(AddStock(sku="SKU-ELSE", quantity=1), idempotency_key="held", savepoint=False, deferred_claims=claims)
+        claims.claim_all()
+
+    held = dispatched_uncommitted(AddStock(sku="SKU-HELD", quantity=1), idempotency_key="held")
+    with held, pytest.raises(IdempotencyInProgressError):
+        with_lock_timeout(run_and_claim)
+
+    assert not Event.objects.filter(stream_id="Inventory-SKU-ELSE").exists()  # rolled back with the claim
